@@ -1,0 +1,337 @@
+"""Batched attention extraction and the padding-free on-disk cache.
+
+Layout of one cache entry (a directory named by its key)::
+
+    meta.json        encoder identity, max_len, lengths, order, sizes and crc32 per file
+    layer_00.bin     fp16 maps of layer 0: for each sentence in extraction order, [H, n, n]
+    layer_01.bin     ...
+
+Sentences are extracted sorted by token length, so each batch is padded only to its own
+longest sentence and equal lengths lie next to each other on disk, which lets feature
+building reduce whole runs of sentences in one numpy call. No padding is stored. Files
+are written in a temporary directory and renamed into place, under a file lock, so a
+reader never sees half an entry and two processes never extract the same entry twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from harness.encoder import Encoder, load_encoder
+from harness.errors import HarnessError
+from harness.features import FeatureSpec, parse_heads, reduce_maps
+
+log = logging.getLogger("harness")
+
+CACHE_FORMAT = 1
+#: Bytes of one layer file read at a time when building features: bounds memory use.
+READ_CHUNK_BYTES = 32 << 20
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("HARNESS_CACHE_DIR", "mlruns/cache"))
+
+
+def texts_sha256(texts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def cache_key(encoder: Encoder, texts: list[str], max_len: int) -> str:
+    """Everything that changes the maps: encoder weights and tokenizer, max_len, the texts."""
+    parts = [f"v{CACHE_FORMAT}", encoder.fingerprint, str(max_len), texts_sha256(texts)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def tokenize(encoder: Encoder, texts: list[str], max_len: int) -> list[list[int]]:
+    return encoder.tokenizer(list(texts), truncation=True, max_length=max_len)["input_ids"]
+
+
+def iter_attention(
+    encoder: Encoder,
+    texts: list[str],
+    max_len: int = 80,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield ``(indices, lengths, maps)`` per batch in order of increasing length.
+
+    ``maps`` is fp16 ``[L, B, H, T, T]`` with ``T`` the batch's longest sentence; rows and
+    columns of sentence ``b`` past ``lengths[b]`` are padding and must be ignored.
+    """
+    if batch_size < 1:
+        raise HarnessError(f"batch_size must be >= 1, got {batch_size}")
+    ids = tokenize(encoder, texts, max_len)
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    pad_id = encoder.tokenizer.pad_token_id or 0
+    model = encoder.model
+    bar = tqdm(total=len(texts), desc="extracting attention", unit="sent", disable=not progress)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            lens = lengths[idx]
+            width = int(lens.max())
+            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                input_ids[row, : lens[row]] = torch.tensor(ids[i])
+                mask[row, : lens[row]] = 1
+            out = model(
+                input_ids=input_ids.to(model.device),
+                attention_mask=mask.to(model.device),
+                output_attentions=True,
+            )
+            maps = torch.stack(out.attentions).to(torch.float16).cpu().numpy()
+            bar.update(len(idx))
+            yield idx, lens, maps
+    bar.close()
+
+
+class AttentionCache:
+    """A finished cache entry: all layers × all heads of every sentence, fp16, unpadded.
+
+    ``features`` reads only the layers it needs, a chunk at a time, so the entry never has
+    to fit in memory.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.meta = json.loads((self.path / "meta.json").read_text())
+        self.num_layers: int = self.meta["num_layers"]
+        self.num_heads: int = self.meta["num_heads"]
+        self.max_len: int = self.meta["max_len"]
+        #: token length of sentence i (original order)
+        self.lengths = np.asarray(self.meta["lengths"], dtype=np.int64)
+        #: order[p] = sentence stored at position p of each layer file
+        self.order = np.asarray(self.meta["order"], dtype=np.int64)
+        sizes = self.num_heads * self.lengths[self.order] ** 2
+        #: element offset of position p in a layer file
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self._memo: tuple[FeatureSpec, tuple[np.ndarray, np.ndarray]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(f["bytes"] for f in self.meta["files"].values()))
+
+    def _layer_file(self, layer: int) -> Path:
+        return self.path / f"layer_{layer:02d}.bin"
+
+    def verify(self) -> None:
+        """Check every file's size and crc32 against meta.json; raise ``CacheCorrupt``."""
+        for name, info in self.meta["files"].items():
+            file = self.path / name
+            if not file.exists() or file.stat().st_size != info["bytes"]:
+                raise CacheCorrupt(f"{file} is missing or has the wrong size")
+            crc = 0
+            with open(file, "rb") as fh:
+                while chunk := fh.read(READ_CHUNK_BYTES):
+                    crc = zlib.crc32(chunk, crc)
+            if crc != info["crc32"]:
+                raise CacheCorrupt(f"{file} fails its checksum")
+
+    def maps(self, i: int) -> np.ndarray:
+        """All maps of sentence ``i`` as fp16 ``[L, H, n, n]``."""
+        pos = int(np.flatnonzero(self.order == i)[0])
+        n, start = int(self.lengths[i]), int(self.offsets[pos])
+        return np.stack(
+            [
+                np.fromfile(
+                    self._layer_file(layer), np.float16, n * n * self.num_heads, offset=2 * start
+                ).reshape(self.num_heads, n, n)
+                for layer in range(self.num_layers)
+            ]
+        )
+
+    def features(
+        self,
+        layers: list[int] | tuple[int, ...] | None = None,
+        heads: str | int | list[int] | None = "all",
+        reducer: str = "sum",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Reduced maps of every sentence: ``([N, max_len, F] float32, lengths [N])``.
+
+        Rows and columns past a sentence's length are zero. The last result is memoised,
+        so trials that share a feature spec do not read the cache again.
+        """
+        spec = FeatureSpec(
+            tuple(range(self.num_layers)) if layers is None else tuple(layers),
+            parse_heads(heads),
+            reducer,
+        )
+        if self._memo is not None and self._memo[0] == spec:
+            return self._memo[1]
+        bad = [x for x in spec.layers if not 0 <= x < self.num_layers]
+        bad_heads = [h for h in spec.heads or () if not 0 <= h < self.num_heads]
+        if bad or bad_heads:
+            raise HarnessError(
+                f"features: layers {bad} / heads {bad_heads} out of range for this cache "
+                f"({self.num_layers} layers × {self.num_heads} heads)"
+            )
+        out = np.zeros((len(self), self.max_len, spec.input_size(self.max_len)), np.float32)
+        for lo, hi in self._chunks():
+            start, count = int(self.offsets[lo]), int(self.offsets[hi] - self.offsets[lo])
+            per_layer = [
+                np.fromfile(self._layer_file(layer), np.float16, count, offset=2 * start)
+                for layer in spec.layers
+            ]
+            # runs of equal length are contiguous (extraction order): reduce each in one call
+            lens = self.lengths[self.order[lo:hi]]
+            run_starts = np.flatnonzero(np.diff(lens, prepend=-1))
+            for a, b in zip(run_starts, [*run_starts[1:], hi - lo], strict=True):
+                n, k = int(lens[a]), int(b - a)
+                s = int(self.offsets[lo + a] - self.offsets[lo])
+                run = [
+                    x[s : s + k * self.num_heads * n * n].reshape(k, -1, n, n) for x in per_layer
+                ]
+                reduced = reduce_maps(run, spec.heads, spec.reducer, self.max_len)
+                out[self.order[lo + a : lo + b], :n, : reduced.shape[2]] = reduced
+        result = (out, self.lengths.copy())
+        self._memo = (spec, result)
+        return result
+
+    def _chunks(self) -> Iterator[tuple[int, int]]:
+        """Position ranges of about READ_CHUNK_BYTES per layer file."""
+        lo = 0
+        while lo < len(self):
+            limit = self.offsets[lo] + READ_CHUNK_BYTES // 2
+            hi = max(lo + 1, int(np.searchsorted(self.offsets, limit, side="right")) - 1)
+            hi = min(hi, len(self))
+            yield lo, hi
+            lo = hi
+
+
+class CacheCorrupt(Exception):
+    """A cache entry on disk does not match its own meta.json."""
+
+
+_VERIFIED: set[tuple[str, float]] = set()
+
+
+def _open_verified(path: Path) -> AttentionCache:
+    """Open and verify an entry once per process (crc32 reads at ~3 GB/s)."""
+    stamp = (str(path), (path / "meta.json").stat().st_mtime)
+    try:
+        cache = AttentionCache(path)
+        if stamp not in _VERIFIED:
+            cache.verify()
+            _VERIFIED.add(stamp)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CacheCorrupt(f"{path}: {exc}") from None
+    return cache
+
+
+def extract_attention(
+    encoder: Encoder | str,
+    texts: list[str],
+    *,
+    max_len: int = 80,
+    batch_size: int = 64,
+    cache_dir: Path | str | None = None,
+    progress: bool = True,
+) -> AttentionCache:
+    """Return the cache entry for these texts, extracting it only if no valid one exists.
+
+    Safe to call from several processes at once: one extracts, the others wait and reuse.
+    A corrupt entry is reported, removed and rebuilt, never read as data.
+    """
+    if isinstance(encoder, str):
+        encoder = load_encoder(encoder)
+    if max_len < 2:
+        raise HarnessError(f"max_len must be >= 2, got {max_len}")
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    key = cache_key(encoder, texts, max_len)
+    final = root / key
+    with FileLock(str(root / f"{key}.lock")):
+        if (final / "meta.json").exists():
+            try:
+                cache = _open_verified(final)
+                log.info(
+                    "reusing cached attention %s (%d sentences, %.0f MB): encoder not run",
+                    final,
+                    len(cache),
+                    cache.nbytes / 1e6,
+                )
+                return cache
+            except CacheCorrupt as exc:
+                log.warning("attention cache is corrupt (%s); rebuilding it", exc)
+                shutil.rmtree(final)
+        elif final.exists():
+            log.warning("attention cache %s is incomplete; rebuilding it", final)
+            shutil.rmtree(final)
+        _write_entry(encoder, texts, max_len, batch_size, final, progress)
+        return _open_verified(final)
+
+
+def _write_entry(
+    encoder: Encoder, texts: list[str], max_len: int, batch_size: int, final: Path, progress: bool
+) -> None:
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    log.info(
+        "extracting attention of %d sentences with %s into %s", len(texts), encoder.name, final
+    )
+    try:
+        n_layers, n_heads = encoder.num_layers, encoder.num_heads
+        files = [open(tmp / f"layer_{layer:02d}.bin", "wb") for layer in range(n_layers)]
+        crcs, sizes = [0] * n_layers, [0] * n_layers
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        order: list[int] = []
+        try:
+            for idx, lens, maps in iter_attention(encoder, texts, max_len, batch_size, progress):
+                lengths[idx] = lens
+                order.extend(idx.tolist())
+                for layer in range(n_layers):
+                    block = b"".join(
+                        maps[layer, b, :, :n, :n].tobytes() for b, n in enumerate(lens)
+                    )
+                    files[layer].write(block)
+                    crcs[layer] = zlib.crc32(block, crcs[layer])
+                    sizes[layer] += len(block)
+        finally:
+            for fh in files:
+                fh.close()
+        meta = {
+            "format": CACHE_FORMAT,
+            "encoder": encoder.name,
+            "encoder_fingerprint": encoder.fingerprint,
+            "texts_sha256": texts_sha256(texts),
+            "max_len": max_len,
+            "num_layers": n_layers,
+            "num_heads": n_heads,
+            "lengths": lengths.tolist(),
+            "order": order,
+            "files": {
+                f"layer_{layer:02d}.bin": {"bytes": sizes[layer], "crc32": crcs[layer]}
+                for layer in range(n_layers)
+            },
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

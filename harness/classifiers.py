@@ -1,0 +1,153 @@
+"""Small sequence classifiers that read a sentence's attention rows and output one logit.
+
+A sentence arrives as a [T, F] matrix whose row i is token i's attention over positions,
+plus its true length n; rows >= n are zero padding. Every kind (GRU, LSTM, transformer) is
+written so that padding never reaches the output: RNNs run on packed sequences, the
+transformer masks padded keys, and all poolings look at valid positions only. That makes a
+sentence's logit the same whether its batch is padded to its own length or to ``max_len``,
+which is what lets training bucket batches by length.
+"""
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+KINDS = ("gru", "lstm", "transformer")
+POOLINGS = ("last", "mean", "attention")
+
+
+@dataclass
+class ClassifierSpec:
+    """Architecture of an ``AttentionReader``; plain values so it round-trips through JSON."""
+
+    kind: str = "gru"
+    hidden_size: int = 64
+    num_layers: int = 1
+    dropout: float = 0.0
+    bidirectional: bool = False  # RNNs only; ignored by the transformer
+    pooling: str = "last"  # last valid state / mean over valid steps / additive attention
+    num_heads: int = 4  # transformer only; must divide hidden_size
+    ff_size: int = 128  # transformer only
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClassifierSpec":
+        """Rejects unknown keys, so a typo in a config is an error rather than a default."""
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown ClassifierSpec keys {unknown}")
+        return cls(**d)
+
+
+def _validate(spec: ClassifierSpec, input_size: int, max_len: int) -> None:
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if spec.kind not in KINDS:
+        raise ValueError(f"unknown classifier kind {spec.kind!r}; expected one of {KINDS}")
+    if spec.pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {spec.pooling!r}; expected one of {POOLINGS}")
+    sizes = {
+        "hidden_size": spec.hidden_size,
+        "num_layers": spec.num_layers,
+        "num_heads": spec.num_heads,
+        "ff_size": spec.ff_size,
+        "input_size": input_size,
+        "max_len": max_len,
+    }
+    for name, value in sizes.items():
+        if not is_int(value) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(spec.dropout, bool) or not isinstance(spec.dropout, int | float):
+        raise ValueError(f"dropout must be a number, got {spec.dropout!r}")
+    if not 0.0 <= spec.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {spec.dropout}")
+    if not isinstance(spec.bidirectional, bool):
+        raise ValueError(f"bidirectional must be true or false, got {spec.bidirectional!r}")
+    if spec.kind == "transformer" and spec.hidden_size % spec.num_heads:
+        raise ValueError(
+            f"hidden_size {spec.hidden_size} must be divisible by num_heads {spec.num_heads}"
+        )
+
+
+class AttentionReader(nn.Module):
+    """Encodes the rows with an RNN or transformer, pools the valid steps, and maps to a logit."""
+
+    def __init__(self, spec: ClassifierSpec, input_size: int, max_len: int):
+        super().__init__()
+        self.spec = spec
+        self.max_len = max_len
+        h = spec.hidden_size
+        if spec.kind == "transformer":
+            self.proj = nn.Linear(input_size, h)
+            self.pos = nn.Embedding(max_len, h)
+            layer = nn.TransformerEncoderLayer(
+                h, spec.num_heads, spec.ff_size, spec.dropout, batch_first=True, norm_first=True
+            )
+            # The eval-only nested-tensor path handles padding differently; keep one code path.
+            self.encoder = nn.TransformerEncoder(
+                layer, spec.num_layers, norm=nn.LayerNorm(h), enable_nested_tensor=False
+            )
+            out_size = h
+        else:
+            rnn = nn.GRU if spec.kind == "gru" else nn.LSTM
+            self.rnn = rnn(
+                input_size,
+                h,
+                spec.num_layers,
+                batch_first=True,
+                # PyTorch applies RNN dropout between layers only (and warns when there are none).
+                dropout=spec.dropout if spec.num_layers > 1 else 0.0,
+                bidirectional=spec.bidirectional,
+            )
+            out_size = h * (2 if spec.bidirectional else 1)
+        if spec.pooling == "attention":
+            self.attn = nn.Linear(out_size, out_size)
+            self.attn_v = nn.Linear(out_size, 1, bias=False)
+        self.drop = nn.Dropout(spec.dropout)
+        self.head = nn.Linear(out_size, 1)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """x [B, T, F] float, lengths [B] int64 (1 <= n <= T) -> logits [B]."""
+        B, T, _ = x.shape
+        if T > self.max_len:
+            raise ValueError(f"sequence length {T} exceeds max_len {self.max_len}")
+        if lengths.shape != (B,) or lengths.min() < 1 or lengths.max() > T:
+            raise ValueError(f"lengths must be a [{B}] tensor with values in [1, {T}]")
+        lengths_dev = lengths.to(x.device)
+        valid = torch.arange(T, device=x.device) < lengths_dev[:, None]  # [B, T]
+
+        if self.spec.kind == "transformer":
+            z = self.proj(x) + self.pos(torch.arange(T, device=x.device))
+            states = self.encoder(z, src_key_padding_mask=~valid)
+            last = states[torch.arange(B, device=x.device), lengths_dev - 1]
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, h_n = self.rnn(packed)
+            if isinstance(h_n, tuple):  # LSTM returns (h_n, c_n)
+                h_n = h_n[0]
+            states, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
+            # h_n is [layers * dirs, B, H] in batch order; a packed backward pass ends at step 0.
+            dirs = 2 if self.spec.bidirectional else 1
+            last = h_n[-dirs:].transpose(0, 1).reshape(B, -1)
+
+        if self.spec.pooling == "last":
+            pooled = last
+        elif self.spec.pooling == "mean":
+            w = valid.unsqueeze(-1).to(states.dtype)
+            pooled = (states * w).sum(1) / w.sum(1)
+        else:
+            scores = self.attn_v(torch.tanh(self.attn(states))).squeeze(-1)
+            weights = scores.masked_fill(~valid, float("-inf")).softmax(dim=1)
+            pooled = (weights.unsqueeze(-1) * states).sum(1)
+        return self.head(self.drop(pooled)).squeeze(-1)
+
+
+def build_classifier(spec: ClassifierSpec, input_size: int, max_len: int) -> nn.Module:
+    """Validates ``spec`` with a readable ValueError before any layer is built."""
+    _validate(spec, input_size, max_len)
+    return AttentionReader(spec, input_size, max_len)

