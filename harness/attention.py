@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from harness.encoder import Encoder, load_encoder
 from harness.errors import HarnessError
 from harness.features import FeatureSpec, parse_heads, reduce_maps
+from harness.threads import extraction_threads, num_threads
 
 log = logging.getLogger("harness")
 
@@ -82,7 +83,7 @@ def iter_attention(
     pad_id = encoder.tokenizer.pad_token_id or 0
     model = encoder.model
     bar = tqdm(total=len(texts), desc="extracting attention", unit="sent", disable=not progress)
-    with torch.inference_mode():
+    with torch.inference_mode(), num_threads(extraction_threads()):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             lens = lengths[idx]

@@ -44,6 +44,7 @@ from harness.errors import HarnessError
 from harness.features import FeatureSpec
 from harness.metrics import METRICS, bootstrap_ci, compute_metrics
 from harness.storage import make_storage
+from harness.threads import train_threads
 from harness.tracking import Tracker, dumps
 from harness.train import TrainSettings, predict_logits, seed_everything, sigmoid, train
 
@@ -176,7 +177,8 @@ def run_trial(ctx: StudyContext, trial: optuna.Trial, spec: TrialSpec, run_id: s
     val_probs = sigmoid(predict_logits(model, x, lengths, ctx.split.val))
     test_probs = sigmoid(predict_logits(model, x, lengths, ctx.split.test))
     y_val, y_test = labels[ctx.split.val], labels[ctx.split.test]
-    metrics = {f"val_{k}": v for k, v in compute_metrics(y_val, val_probs).items()}
+    val = compute_metrics(y_val, val_probs)
+    metrics = {f"val_{k}": v for k, v in val.items() if k != "auc"}
     test = compute_metrics(y_test, test_probs)
     ci = bootstrap_ci(
         y_test,
@@ -417,8 +419,7 @@ def run_study(
         )
     tracking = tracking_uri or config.tracking_uri
 
-    if "HARNESS_NUM_THREADS" in os.environ:
-        torch.set_num_threads(int(os.environ["HARNESS_NUM_THREADS"]))
+    torch.set_num_threads(train_threads())
     # 1. validate everything that needs no side effects
     encoder = load_encoder(config.encoder.name)
     for layers in layer_choices(config.search.layers):
@@ -524,11 +525,8 @@ def run_study(
 def _start_workers(
     study_file, workers: int, target: int, timeout: float | None, storage: str, tracking: str
 ) -> list[subprocess.Popen]:
-    """Start ``workers - 1`` more processes of this study, each with its share of cores."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    if workers > 1:
-        torch.set_num_threads(threads)
-    env = {**os.environ, "HARNESS_NUM_THREADS": str(threads)}
+    """Start ``workers - 1`` more processes of this study on the same storage."""
+    env = {**os.environ, "HARNESS_EXTRACT_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
     procs = []
     for index in range(1, workers):
         cmd = [

@@ -1,0 +1,113 @@
+"""Shared fixtures: a tiny random BERT (fast, offline), synthetic data, study files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.encoder import resolve_encoder_path
+
+
+@pytest.fixture(scope="session")
+def babe_dir() -> Path:
+    """BABE is required, not optional: CI sets HARNESS_DATA_DIR=../shared/data."""
+    data_dir = os.environ.get("HARNESS_DATA_DIR")
+    if not data_dir or not (Path(data_dir) / "babe" / "final_labels_SG2.csv").is_file():
+        pytest.fail("set HARNESS_DATA_DIR to the folder holding babe/final_labels_SG2.csv")
+    return Path(data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer, 4-head BERT with MiniLM's tokenizer, saved to disk."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    minilm = resolve_encoder_path("minilm")
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (minilm / name).exists():
+            shutil.copy(minilm / name, path / name)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(path)
+    return path
+
+
+WORDS_POS = ["outrageous", "disgraceful", "radical", "shameful", "scandal", "absurd"]
+WORDS_NEG = ["reported", "announced", "stated", "according", "said", "noted"]
+
+
+def write_synthetic_csv(path: Path, n: int = 160, seed: int = 0) -> Path:
+    """A csv whose label is readable from its words (so readers can learn something),
+    with varied lengths and an article-like group column."""
+    rng = np.random.default_rng(seed)
+    filler = "the a of officials on city plan new week after".split()
+    lines = ["text,label,group"]
+    for i in range(n):
+        label = i % 2
+        cue = rng.choice(WORDS_POS if label else WORDS_NEG)
+        words = list(rng.choice(filler, size=int(rng.integers(3, 25))))
+        words.insert(int(rng.integers(0, len(words))), str(cue))
+        lines.append(f"{' '.join(words)},{label},g{i // 3}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def synthetic_csv(tmp_path) -> Path:
+    return write_synthetic_csv(tmp_path / "synthetic.csv")
+
+
+def study_yaml(
+    tmp_path: Path,
+    *,
+    name: str = "t",
+    dataset: str,
+    encoder: str,
+    n_trials: int = 2,
+    epochs: int = 2,
+    extra: str = "",
+    search: str | None = None,
+) -> Path:
+    """A study file whose stores all live under ``tmp_path``."""
+    search = search or textwrap.dedent(
+        """\
+        search:
+          layers: [[0, 1], [1]]
+          heads: [all, [0, 2]]
+          reducer: [sum, max]
+          classifier:
+            gru: {hidden_size: 16, bidirectional: [true, false]}
+            transformer: {hidden_size: 16, num_heads: 2, ff_size: 32}
+        """
+    )
+    text = textwrap.dedent(
+        f"""\
+        name: {name}
+        data: {{dataset: "{dataset}", group_column: group}}
+        encoder: {{name: "{encoder}", max_len: 32, batch_size: 16}}
+        train: {{epochs: {epochs}, patience: 2, batch_size: 16}}
+        bootstrap: {{n_resamples: 200}}
+        n_trials: {n_trials}
+        storage: "sqlite:///{tmp_path}/optuna.db"
+        tracking_uri: "sqlite:///{tmp_path}/mlflow.db"
+        artifact_location: "{tmp_path}/artifacts"
+        cache_dir: "{tmp_path}/cache"
+        """
+    )
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text + extra + search)
+    return path

@@ -1,0 +1,164 @@
+"""End to end: study file -> Optuna trials -> MLflow runs -> reload, on real stores."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from harness.metrics import METRICS
+from harness.study import run_study
+from tests.conftest import study_yaml
+
+TRIAL_PARAMS = {
+    "layers",
+    "heads",
+    "reducer",
+    "classifier",
+    "lr",
+    "encoder",
+    "max_len",
+    "data_sha256",
+    "split_seed",
+}
+TRIAL_METRICS = {"train_loss", "val_auc"} | {
+    f"test_{m}{s}" for m in METRICS for s in ("", "_ci_low", "_ci_high")
+}
+
+
+def _runs(tmp_path, name):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("harness.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("harness.role") == "trial"]
+    return client, parents, children
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory, tiny_bert):
+    from tests.conftest import write_synthetic_csv
+
+    tmp = tmp_path_factory.mktemp("study")
+    data = write_synthetic_csv(tmp / "data.csv")
+    path = study_yaml(
+        tmp,
+        name="e2e",
+        dataset=str(data),
+        encoder=str(tiny_bert),
+        n_trials=3,
+        extra="pruner: {name: none}\n",
+    )
+    summary = run_study(path, progress=False)
+    return tmp, path, summary
+
+
+def test_one_parent_and_one_child_per_trial_with_all_names(finished_study):
+    tmp, _, summary = finished_study
+    client, parents, children = _runs(tmp, "e2e")
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert summary.parent_run_id == parent.info.run_id
+    assert parent.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "study.yaml",
+        "split.json",
+    }
+    assert "best_val_auc" in parent.data.metrics and "best_test_auc_ci_low" in parent.data.metrics
+
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{tmp}/optuna.db")
+    by_run = {t.user_attrs["mlflow_run_id"]: t for t in study.trials}
+    for child in children:
+        tags = child.data.tags
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["optuna.study_name"] == "e2e"
+        assert tags["optuna.state"] == "COMPLETE"
+        trial = by_run[child.info.run_id]
+        assert tags["optuna.trial_number"] == str(trial.number)
+        assert TRIAL_PARAMS <= set(child.data.params)
+        assert "hidden_size" in child.data.params  # hyperparameters by their study-file name
+        assert TRIAL_METRICS <= set(child.data.metrics)
+        m = child.data.metrics
+        for name in METRICS:
+            assert m[f"test_{name}_ci_low"] <= m[f"test_{name}"] <= m[f"test_{name}_ci_high"]
+        # the final val_auc is the objective Optuna got
+        assert m["val_auc"] == pytest.approx(trial.value)
+        curve = client.get_metric_history(child.info.run_id, "train_loss")
+        assert [p.step for p in curve] == list(range(len(curve))) and len(curve) >= 1
+        paths = {a.path for a in client.list_artifacts(child.info.run_id, "model")}
+        assert paths == {"model/weights.safetensors", "model/config.json"}
+        preds = {a.path for a in client.list_artifacts(child.info.run_id, "predictions")}
+        assert "predictions/test.csv" in preds
+
+
+def test_split_is_logged_and_fixed(finished_study):
+    tmp, _, summary = finished_study
+    client, parents, _ = _runs(tmp, "e2e")
+    local = client.download_artifacts(parents[0].info.run_id, "split.json", str(tmp / "dl"))
+    split = json.load(open(local))
+    parts = [set(split[k]) for k in ("train", "val", "test")]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert sum(map(len, parts)) == 160
+
+
+def test_continue_same_parent_without_running_the_encoder(finished_study, caplog, monkeypatch):
+    tmp, path, summary = finished_study
+    from harness.encoder import Encoder
+
+    def no_model(self):
+        raise AssertionError("the encoder must not be loaded when the cache is warm")
+
+    monkeypatch.setattr(Encoder, "model", property(no_model))
+    with caplog.at_level(logging.INFO, logger="harness"):
+        again = run_study(path, n_trials=4, progress=False)
+    assert "encoder not run" in caplog.text
+    assert again.parent_run_id == summary.parent_run_id
+    assert again.n_finished == 4
+    _, parents, children = _runs(tmp, "e2e")
+    assert len(parents) == 1 and len(children) == 4
+    assert len({c.data.tags["optuna.trial_number"] for c in children}) == 4
+
+
+def test_load_run_reproduces_logged_test_probabilities_in_a_new_process(finished_study):
+    tmp, _, summary = finished_study
+    client, _, children = _runs(tmp, "e2e")
+    run_id = summary.rows[0]["run_id"]
+    local = client.download_artifacts(run_id, "predictions/test.csv", str(tmp / "preds"))
+    rows = list(csv.DictReader(open(local)))
+    texts = {}
+    with open(tmp / "data.csv") as fh:
+        for i, row in enumerate(csv.DictReader(fh)):
+            texts[i] = row["text"]
+    script = (
+        "import json, sys; from harness import load_run\n"
+        "run = load_run(sys.argv[1], tracking_uri=sys.argv[2])\n"
+        "texts = json.load(sys.stdin)\n"
+        "print(json.dumps(run.predict_proba(texts).tolist()))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, run_id, f"sqlite:///{tmp}/mlflow.db"],
+        input=json.dumps([texts[int(r["row_id"])] for r in rows]),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    probs = np.array(json.loads(out.stdout.strip().splitlines()[-1]))
+    logged = np.array([float(r["probability"]) for r in rows])
+    np.testing.assert_allclose(probs, logged, atol=1e-5)
+
+
+def test_objective_uses_validation_only(finished_study):
+    """The Optuna value is the best validation AUC, never a test figure."""
+    tmp, _, _ = finished_study
+    client, _, children = _runs(tmp, "e2e")
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "val_auc")
+        per_epoch = [p.value for p in history[:-1]]
+        assert history[-1].value == pytest.approx(max(per_epoch))
