@@ -1,26 +1,40 @@
 """harness: which layers and heads of an encoder carry the signal for a sentence label?
 
 The public API for notebook users; the CLI (``harness …``) wraps the same functions.
+Names load lazily, so ``harness --help`` or a mistyped flag answers without first
+importing torch, MLflow and Optuna.
 """
+
+from importlib import import_module
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-from harness.attention import AttentionCache, extract_attention  # noqa: E402
-from harness.data import Dataset, Split, load_dataset, make_split  # noqa: E402
-from harness.encoder import load_encoder  # noqa: E402
-from harness.errors import HarnessError  # noqa: E402
-from harness.predict import load_run  # noqa: E402
-from harness.study import run_study  # noqa: E402
+_EXPORTS = {
+    "AttentionCache": "harness.attention",
+    "extract_attention": "harness.attention",
+    "Dataset": "harness.data",
+    "Split": "harness.data",
+    "load_dataset": "harness.data",
+    "make_split": "harness.data",
+    "load_encoder": "harness.encoder",
+    "HarnessError": "harness.errors",
+    "load_run": "harness.predict",
+    "run_study": "harness.study",
+}
 
-__all__ = [
-    "AttentionCache",
-    "Dataset",
-    "HarnessError",
-    "Split",
-    "extract_attention",
-    "load_dataset",
-    "load_encoder",
-    "load_run",
-    "make_split",
-    "run_study",
-]
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from harness.attention import AttentionCache, extract_attention
+    from harness.data import Dataset, Split, load_dataset, make_split
+    from harness.encoder import load_encoder
+    from harness.errors import HarnessError
+    from harness.predict import load_run
+    from harness.study import run_study
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'harness' has no attribute {name!r}")

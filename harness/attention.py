@@ -15,6 +15,8 @@ reader never sees half an entry and two processes never extract the same entry t
 
 from __future__ import annotations
 
+# harness.threads comes first: it sets OMP_WAIT_POLICY, which libgomp reads once, when torch loads.
+from harness.threads import extraction_threads, num_threads  # isort: skip
 import hashlib
 import json
 import logging
@@ -32,7 +34,6 @@ from tqdm.auto import tqdm
 from harness.encoder import Encoder, load_encoder
 from harness.errors import HarnessError
 from harness.features import FeatureSpec, parse_heads, reduce_maps
-from harness.threads import extraction_threads, num_threads
 
 log = logging.getLogger("harness")
 
@@ -63,6 +64,33 @@ def tokenize(encoder: Encoder, texts: list[str], max_len: int) -> list[list[int]
     return encoder.tokenizer(list(texts), truncation=True, max_length=max_len)["input_ids"]
 
 
+def length_sorted_batches(
+    encoder: Encoder, texts: list[str], max_len: int = 80, batch_size: int = 64
+) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]]:
+    """Yield ``(indices, lengths, model inputs)`` in order of increasing token length.
+
+    Each batch is padded only to its own longest sentence; sorting first makes that
+    nearly no padding at all. Shared by extraction and by the benchmark's forward-only
+    baseline, so both run the very same batches.
+    """
+    if batch_size < 1:
+        raise HarnessError(f"batch_size must be >= 1, got {batch_size}")
+    ids = tokenize(encoder, texts, max_len)
+    lengths = np.array([len(x) for x in ids], dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    pad_id = encoder.tokenizer.pad_token_id or 0
+    device = encoder.model.device
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        lens = lengths[idx]
+        width = int(lens.max())
+        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        for row, i in enumerate(idx):
+            input_ids[row, : lens[row]] = torch.tensor(ids[i])
+        mask = (torch.arange(width) < torch.from_numpy(lens)[:, None]).long()
+        yield idx, lens, {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+
+
 def iter_attention(
     encoder: Encoder,
     texts: list[str],
@@ -74,34 +102,34 @@ def iter_attention(
 
     ``maps`` is fp16 ``[L, B, H, T, T]`` with ``T`` the batch's longest sentence; rows and
     columns of sentence ``b`` past ``lengths[b]`` are padding and must be ignored.
+
+    Each layer's float32 maps are converted straight into one fp16 buffer (no float32
+    stack of all layers), and the model's outputs are dropped before the batch is handed
+    on, so the next forward pass does not run while the previous maps are still alive:
+    both keep the peak memory of a study process down (BENCHMARKS.md, row 4).
     """
-    if batch_size < 1:
-        raise HarnessError(f"batch_size must be >= 1, got {batch_size}")
-    ids = tokenize(encoder, texts, max_len)
-    lengths = np.array([len(x) for x in ids], dtype=np.int64)
-    order = np.argsort(lengths, kind="stable")
-    pad_id = encoder.tokenizer.pad_token_id or 0
     model = encoder.model
     bar = tqdm(total=len(texts), desc="extracting attention", unit="sent", disable=not progress)
     with torch.inference_mode(), num_threads(extraction_threads()):
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            lens = lengths[idx]
-            width = int(lens.max())
-            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                input_ids[row, : lens[row]] = torch.tensor(ids[i])
-                mask[row, : lens[row]] = 1
-            out = model(
-                input_ids=input_ids.to(model.device),
-                attention_mask=mask.to(model.device),
-                output_attentions=True,
-            )
-            maps = torch.stack(out.attentions).to(torch.float16).cpu().numpy()
+        for idx, lens, inputs in length_sorted_batches(encoder, texts, max_len, batch_size):
+            attentions = model(**inputs, output_attentions=True).attentions
+            maps = torch.empty((len(attentions), *attentions[0].shape), dtype=torch.float16)
+            for layer, a in enumerate(attentions):
+                maps[layer].copy_(a)
+            del attentions
             bar.update(len(idx))
-            yield idx, lens, maps
+            yield idx, lens, maps.numpy()
     bar.close()
+
+
+def length_runs(lengths: np.ndarray) -> list[tuple[int, int]]:
+    """``[(a, b), …]`` such that ``lengths[a:b]`` are equal and the runs cover the array.
+
+    Extraction sorts sentences by length, so runs are long: a whole run is written or
+    reduced in one numpy/torch call instead of one call per sentence.
+    """
+    starts = np.flatnonzero(np.diff(lengths, prepend=-1))
+    return list(zip(starts.tolist(), [*starts[1:].tolist(), len(lengths)], strict=True))
 
 
 class AttentionCache:
@@ -155,6 +183,8 @@ class AttentionCache:
 
     def maps(self, i: int) -> np.ndarray:
         """All maps of sentence ``i`` as fp16 ``[L, H, n, n]``."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"sentence {i} out of range for a cache of {len(self)}")
         pos = int(np.flatnonzero(self.order == i)[0])
         n, start = int(self.lengths[i]), int(self.offsets[pos])
         return np.stack(
@@ -174,8 +204,12 @@ class AttentionCache:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Reduced maps of every sentence: ``([N, max_len, F] float32, lengths [N])``.
 
-        Rows and columns past a sentence's length are zero. The last result is memoised,
-        so trials that share a feature spec do not read the cache again.
+        Rows and columns past a sentence's length are zero. Only the chosen layers' files
+        are read, in sequential chunks; only the chosen heads are reduced. The last result
+        is memoised, so trials that share a feature spec do not read the cache again.
+        Older results are not kept: each is ``N × max_len × F`` float32 (94 MB for BABE,
+        6× that for concat of 6 layers) while rebuilding one from the page cache takes
+        about a second, a few percent of a trial (BENCHMARKS.md, row 3).
         """
         spec = FeatureSpec(
             tuple(range(self.num_layers)) if layers is None else tuple(layers),
@@ -191,6 +225,7 @@ class AttentionCache:
                 f"features: layers {bad} / heads {bad_heads} out of range for this cache "
                 f"({self.num_layers} layers × {self.num_heads} heads)"
             )
+        self._memo = None  # let the previous trial's array go before allocating this one
         out = np.zeros((len(self), self.max_len, spec.input_size(self.max_len)), np.float32)
         for lo, hi in self._chunks():
             start, count = int(self.offsets[lo]), int(self.offsets[hi] - self.offsets[lo])
@@ -198,11 +233,9 @@ class AttentionCache:
                 np.fromfile(self._layer_file(layer), np.float16, count, offset=2 * start)
                 for layer in spec.layers
             ]
-            # runs of equal length are contiguous (extraction order): reduce each in one call
             lens = self.lengths[self.order[lo:hi]]
-            run_starts = np.flatnonzero(np.diff(lens, prepend=-1))
-            for a, b in zip(run_starts, [*run_starts[1:], hi - lo], strict=True):
-                n, k = int(lens[a]), int(b - a)
+            for a, b in length_runs(lens):
+                n, k = int(lens[a]), b - a
                 s = int(self.offsets[lo + a] - self.offsets[lo])
                 run = [
                     x[s : s + k * self.num_heads * n * n].reshape(k, -1, n, n) for x in per_layer
@@ -231,10 +264,14 @@ class CacheCorrupt(Exception):
 _VERIFIED: set[tuple[str, float]] = set()
 
 
+def _stamp(path: Path) -> tuple[str, float]:
+    return (str(path), (path / "meta.json").stat().st_mtime)
+
+
 def _open_verified(path: Path) -> AttentionCache:
     """Open and verify an entry once per process (crc32 reads at ~3 GB/s)."""
-    stamp = (str(path), (path / "meta.json").stat().st_mtime)
     try:
+        stamp = _stamp(path)
         cache = AttentionCache(path)
         if stamp not in _VERIFIED:
             cache.verify()
@@ -284,6 +321,9 @@ def extract_attention(
             log.warning("attention cache %s is incomplete; rebuilding it", final)
             shutil.rmtree(final)
         _write_entry(encoder, texts, max_len, batch_size, final, progress)
+        # The crc32s were computed over the very bytes just written: reading the whole
+        # entry back to check them again would only re-read the page cache.
+        _VERIFIED.add(_stamp(final))
         return _open_verified(final)
 
 
@@ -306,13 +346,14 @@ def _write_entry(
             for idx, lens, maps in iter_attention(encoder, texts, max_len, batch_size, progress):
                 lengths[idx] = lens
                 order.extend(idx.tolist())
-                for layer in range(n_layers):
-                    block = b"".join(
-                        maps[layer, b, :, :n, :n].tobytes() for b, n in enumerate(lens)
-                    )
-                    files[layer].write(block)
-                    crcs[layer] = zlib.crc32(block, crcs[layer])
-                    sizes[layer] += len(block)
+                # one contiguous [k, H, n, n] block per run of equal lengths and layer
+                for a, b in length_runs(lens):
+                    n = int(lens[a])
+                    for layer in range(n_layers):
+                        block = np.ascontiguousarray(maps[layer, a:b, :, :n, :n])
+                        files[layer].write(block)
+                        crcs[layer] = zlib.crc32(block, crcs[layer])
+                        sizes[layer] += block.nbytes
         finally:
             for fh in files:
                 fh.close()

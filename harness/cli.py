@@ -1,21 +1,103 @@
 """``harness`` command line: study run / best, predict, ui, data fetch.
 
-User mistakes (``HarnessError``) print one line and exit with status 2, no traceback.
+User mistakes (``HarnessError`` and argparse errors alike) print one line,
+``harness: error: …``, and exit with status 2, no traceback; anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
+from harness.config import validate_storage_url, validate_tracking_uri
 from harness.errors import HarnessError
 
 EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes read like every other user error: one line, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(
+            EXIT_USER_ERROR, f"harness: error: {message}; run '{self.prog} --help' for usage\n"
+        )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of seconds, got {text}; omit it for no time limit"
+        )
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (1-65535), got {value}")
+    return value
+
+
+def _url(check: Callable[[str], str]) -> Callable[[str], str]:
+    """An argparse type from a config validator, so the CLI and study files accept the
+    same URLs and say the same thing about bad ones."""
+
+    def parse(text: str) -> str:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _require_store(url: str, flag: str, what: str) -> None:
+    """Reading from a local store that does not exist is a mistake to report, not an empty
+    database to create (paths as ``harness.storage.make_storage`` reads them)."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+    elif url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:").removeprefix("//"))
+    else:
+        return
+    if not path.exists():
+        raise HarnessError(
+            f"no {what} at {path} ({url}); run a study first or pass {flag} with the right URL"
+        )
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -71,13 +153,7 @@ def cmd_study_best(args: argparse.Namespace) -> int:
     from harness.storage import make_storage
     from harness.study import format_table, n_finished, trial_rows
 
-    if (
-        args.storage.startswith("sqlite:///")
-        and not Path(args.storage.removeprefix("sqlite:///")).exists()
-    ):
-        raise HarnessError(
-            f"no Optuna storage at {args.storage}; run a study first or pass --storage"
-        )
+    _require_store(args.storage, "--storage", "Optuna storage")
     storage = make_storage(args.storage)
     try:
         study = optuna.load_study(study_name=args.name, storage=storage)
@@ -95,6 +171,12 @@ def cmd_study_best(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from harness.predict import load_run
 
+    blank = [i for i, text in enumerate(args.texts, start=1) if not text.strip()]
+    if blank:
+        raise HarnessError(
+            f"sentence {blank[0]} of {len(args.texts)} is empty; pass non-empty sentences, "
+            "each in quotes"
+        )
     run = load_run(args.run_id, tracking_uri=args.tracking_uri)
     probs = run.predict_proba(args.texts)
     for text, p in zip(args.texts, probs, strict=True):
@@ -124,50 +206,62 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from harness import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="harness", description="Probe what the attention maps of an encoder know."
     )
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     study = sub.add_parser("study", help="run and inspect studies").add_subparsers(
-        dest="study_command", required=True
+        dest="study_command", metavar="COMMAND", required=True
     )
     run = study.add_parser("run", help="run or continue a study file")
     run.add_argument("file", help="study file (YAML), e.g. studies/babe-quick.yaml")
     run.add_argument(
-        "--n-trials", type=int, help="total finished trials wanted (overrides the file)"
+        "--n-trials", type=_positive_int, help="total finished trials wanted (overrides the file)"
     )
-    run.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
     run.add_argument(
-        "--storage", help="Optuna storage URL (sqlite:///…, journal:///…, postgresql://…)"
+        "--timeout", type=_positive_seconds, help="stop starting trials after S seconds"
     )
-    run.add_argument("--tracking-uri", help="MLflow tracking URI (sqlite:///… or http://host:port)")
-    run.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
-    run.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    run.add_argument(
+        "--storage",
+        type=_url(validate_storage_url),
+        help="Optuna storage URL (sqlite:///…, journal:///…, postgresql://…)",
+    )
+    run.add_argument(
+        "--tracking-uri",
+        type=_url(validate_tracking_uri),
+        help="MLflow tracking URI (sqlite:///… or http://host:port)",
+    )
+    run.add_argument(
+        "--workers", type=_positive_int, default=1, help="worker processes on this machine"
+    )
+    run.add_argument("--worker-index", type=_non_negative_int, default=0, help=argparse.SUPPRESS)
     run.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
     run.set_defaults(func=cmd_study_run)
 
     best = study.add_parser("best", help="table of a study's best trials with CIs")
     best.add_argument("name")
-    best.add_argument("--storage", default="sqlite:///mlruns/optuna.db")
-    best.add_argument("--top", type=int, default=10)
+    best.add_argument(
+        "--storage", type=_url(validate_storage_url), default="sqlite:///mlruns/optuna.db"
+    )
+    best.add_argument("--top", type=_positive_int, default=10)
     best.set_defaults(func=cmd_study_best, quiet=True)
 
     predict = sub.add_parser("predict", help="predict with a logged trial")
     predict.add_argument("run_id", help="MLflow run id of a trial (or runs:/ID)")
     predict.add_argument("texts", nargs="+", help="sentences to score")
-    predict.add_argument("--tracking-uri")
+    predict.add_argument("--tracking-uri", type=_url(validate_tracking_uri))
     predict.set_defaults(func=cmd_predict, quiet=True)
 
     ui = sub.add_parser("ui", help="MLflow UI over the project's store (127.0.0.1)")
     ui.add_argument("--host", default="127.0.0.1")
-    ui.add_argument("--port", type=int, default=5000)
-    ui.add_argument("--tracking-uri")
+    ui.add_argument("--port", type=_port, default=5000)
+    ui.add_argument("--tracking-uri", type=_url(validate_tracking_uri))
     ui.set_defaults(func=cmd_ui, quiet=True)
 
     data = sub.add_parser("data", help="data sets").add_subparsers(
-        dest="data_command", required=True
+        dest="data_command", metavar="COMMAND", required=True
     )
     fetch = data.add_parser("fetch", help="download a named data set into ./data")
     fetch.add_argument("name", help="data set name (babe)")

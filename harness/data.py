@@ -532,7 +532,7 @@ def make_split(
         counts = [int((labels[parts[s]] == c).sum()) for c in (0, 1)]
         if min(counts) < 2:
             raise HarnessError(
-                f"the {name} split of {dataset.name} got {counts[0]} negative and {counts[1]} "
+                f"the {name} split of {dataset.source} got {counts[0]} negative and {counts[1]} "
                 "positive rows (each split needs >= 2 of each class); use more rows, fewer or "
                 "larger groups, or other fractions"
             )
@@ -548,7 +548,7 @@ def _check_class_counts(dataset: Dataset, fractions: np.ndarray) -> None:
         n = int((dataset.labels == c).sum())
         if n * frac < 2:
             raise HarnessError(
-                f"{dataset.name} has {n} {cname} rows, too few for a {split_name} fraction of "
+                f"{dataset.source} has {n} {cname} rows, too few for a {split_name} fraction of "
                 f"{frac:g} (each split needs >= 2 of each class, i.e. >= {math.ceil(2 / frac)} "
                 f"{cname} rows); use more rows or a larger {split_name} fraction"
             )

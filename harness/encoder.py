@@ -46,6 +46,12 @@ def resolve_encoder_path(name: str) -> Path:
                 f"encoder directory {path} has no config.json; point 'encoder' at a directory "
                 "saved with save_pretrained, or use 'minilm' (the packaged default)"
             )
+        if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+            raise HarnessError(
+                f"encoder directory {path} has no weights (model.safetensors or "
+                "pytorch_model.bin); re-save it with save_pretrained, or use 'minilm' "
+                "(the packaged default)"
+            )
         return path
     try:
         from huggingface_hub import snapshot_download
@@ -154,5 +160,8 @@ def load_encoder(name: str = DEFAULT_ENCODER, device: str = "cpu") -> Encoder:
     try:
         encoder.config  # noqa: B018 - read it now so a broken directory fails here, clearly
     except Exception as exc:
-        raise HarnessError(f"cannot read encoder config in {encoder.path}: {exc}") from None
+        raise HarnessError(
+            f"cannot read encoder config in {encoder.path}: {exc}; re-save it with "
+            "save_pretrained or use 'minilm'"
+        ) from None
     return encoder

@@ -5,20 +5,34 @@
   one machine (``--workers N``).
 * ``postgresql://user@host/db`` (or any SQLAlchemy URL): several machines.
 
-The heartbeat lets a restarted study find trials whose process died (SIGKILL, lost
-machine), mark them FAIL and replace them, instead of leaving them RUNNING forever.
+A trial whose process died (SIGKILL, OOM killer, lost machine) must not stay RUNNING
+forever. Two signals tell a dead worker from a slow one:
+
+* the heartbeat: every worker beats for its running trial; a trial whose beats stopped for
+  ``3 × HARNESS_HEARTBEAT_INTERVAL`` seconds is stale. This works across machines, but
+  only after that grace period.
+* the worker lease (``WorkerLease``): a file each worker keeps locked for its whole life.
+  The kernel drops the lock the moment the process dies, however it dies, so on the same
+  machine a dead worker is seen at once, and a live worker whose beats are late (an
+  overloaded machine) is never declared dead.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import re
+import socket
 import time
+import uuid
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 
 import optuna
+from filelock import FileLock
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
@@ -28,6 +42,9 @@ from harness.errors import HarnessError
 
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 
+#: trial user attribute naming the worker (lease token) that runs the trial
+WORKER_ATTR = "worker"
+
 
 def heartbeat_interval() -> int:
     """Seconds between heartbeats (``HARNESS_HEARTBEAT_INTERVAL``, default 10); a trial
@@ -35,7 +52,81 @@ def heartbeat_interval() -> int:
     return max(1, int(os.environ.get("HARNESS_HEARTBEAT_INTERVAL", "10")))
 
 
-class JournalFileStorage(JournalStorage, BaseHeartbeat):
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^\w.-]", "_", text)
+
+
+class WorkerLease:
+    """This process's proof of life: ``DIR/TOKEN.lease``, flock-ed until the process ends.
+
+    The token (host, pid and a random part) is recorded on each trial the process runs.
+    Another process that sees the same directory (same machine, or a shared disk) can then
+    ask ``alive(token)``: a lease it can lock belongs to a dead process.
+    """
+
+    def __init__(self, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.token = _safe_name(f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self._fd: int | None = os.open(self._path(self.token), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _path(self, token: str) -> Path:
+        return self.directory / f"{token}.lease"
+
+    def alive(self, token: str | None) -> bool | None:
+        """Whether the worker ``token`` still runs; ``None`` when this machine cannot tell
+        (a worker on another machine, or one that recorded no token)."""
+        if token is None:
+            return None
+        if token == self.token:
+            return True
+        try:
+            fd = os.open(self._path(token), os.O_RDWR)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # also drops the lock we may have taken
+        return False
+
+    def prune(self) -> None:
+        """Delete the leases of dead workers; called once their trials have been failed."""
+        for path in self.directory.glob("*.lease"):
+            if self.alive(path.stem) is False:
+                path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """End of a clean run: remove the lease (a killed process leaves it to ``prune``)."""
+        if self._fd is not None:
+            self._path(self.token).unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+
+class _LeaseAware:
+    """Stale = the worker is provably dead (its lease is free), or its heartbeat stopped and
+    this machine cannot see its lease. Mixed into both storages ahead of their own
+    heartbeat check, which Optuna's ``fail_stale_trials`` calls before every trial."""
+
+    lease: WorkerLease | None = None
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        late = set(super()._get_stale_trial_ids(study_id))
+        if self.lease is None:
+            return sorted(late)
+        stale = []
+        for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            alive = self.lease.alive(trial.user_attrs.get(WORKER_ATTR))
+            if alive is False or (alive is None and trial._trial_id in late):
+                stale.append(trial._trial_id)
+        return stale
+
+
+class _JournalHeartbeatStorage(JournalStorage, BaseHeartbeat):
     """Optuna's journal file storage plus a heartbeat kept as one small file per trial
     (its mtime is the last beat), which the journal backend lacks."""
 
@@ -69,28 +160,54 @@ class JournalFileStorage(JournalStorage, BaseHeartbeat):
         return self._on_stale
 
 
-def make_storage(url: str, on_stale: StaleCallback | None = None) -> optuna.storages.BaseStorage:
-    """Open the storage at ``url``; failures are user errors that say what to check."""
+class JournalFileStorage(_LeaseAware, _JournalHeartbeatStorage):
+    """Journal file storage whose stale check also reads worker leases."""
+
+
+class LeaseAwareRDBStorage(_LeaseAware, RDBStorage):
+    """SQLAlchemy storage whose stale check also reads worker leases."""
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``postgresql://`` with the driver the project installs (psycopg2): SQLAlchemy 2.1
+    maps the bare scheme to psycopg 3, which is not a dependency."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
+def make_storage(
+    url: str, on_stale: StaleCallback | None = None, lease: WorkerLease | None = None
+) -> optuna.storages.BaseStorage:
+    """Open the storage at ``url``; failures are user errors that say what to check.
+
+    ``on_stale`` runs for each trial found dead; ``lease`` (this worker's) lets the stale
+    check consult the other workers' leases on this machine.
+    """
     interval = heartbeat_interval()
     grace = 3 * interval
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:").removeprefix("//"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalFileStorage(path, interval, grace, on_stale)
+        storage = JournalFileStorage(path, interval, grace, on_stale)
+        storage.lease = lease
+        return storage
     if "://" not in url:
         raise HarnessError(
             f"storage {url!r} is not a URL; use sqlite:///mlruns/optuna.db, "
             "journal:///path/optuna.log or postgresql://user@host/db"
         )
-    engine_kwargs = None
+    engine_kwargs, init_lock = None, nullcontext()
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(url.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
+        init_lock = FileLock(f"{db}.lock")  # copies started together would all create tables
     try:
-        with warnings.catch_warnings():  # heartbeat is "experimental" since Optuna 2.9
+        with init_lock, warnings.catch_warnings():  # heartbeat is "experimental" (Optuna 2.9)
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
+            storage = LeaseAwareRDBStorage(
+                sqlalchemy_url(url),
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=interval,
                 grace_period=grace,
@@ -102,3 +219,5 @@ def make_storage(url: str, on_stale: StaleCallback | None = None) -> optuna.stor
             f"cannot open Optuna storage {url!r}: {reason[:200]}; check the URL, that the "
             "database server runs and the database exists"
         ) from None
+    storage.lease = lease
+    return storage

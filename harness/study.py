@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from harness import __version__
-from harness.attention import AttentionCache, extract_attention
+from harness.attention import AttentionCache, default_cache_dir, extract_attention
 from harness.classifiers import ClassifierSpec, build_classifier
 from harness.config import (
     HPARAMS,
@@ -43,7 +44,7 @@ from harness.encoder import load_encoder
 from harness.errors import HarnessError
 from harness.features import FeatureSpec
 from harness.metrics import METRICS, bootstrap_ci, compute_metrics
-from harness.storage import make_storage
+from harness.storage import WORKER_ATTR, WorkerLease, heartbeat_interval, make_storage
 from harness.threads import train_threads
 from harness.tracking import Tracker, dumps
 from harness.train import TrainSettings, predict_logits, seed_everything, sigmoid, train
@@ -53,6 +54,13 @@ log = logging.getLogger("harness")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 #: a study stops when, after this many trials in one run, most of them failed
 FAILURE_STOP_MIN = 4
+#: study user attributes: the MLflow parent run, and the worker that created the study
+PARENT_ATTR = "mlflow_parent_run_id"
+CREATOR_ATTR = "creator"
+#: how long a worker that did not create the study waits for its creator's parent run
+PARENT_WAIT_S = 60.0
+#: fail reason of a trial that started after the study's target was already covered
+NOT_NEEDED = "not needed: other workers' trials reached the target as this one started"
 
 
 class TrialFailed(Exception):
@@ -126,6 +134,8 @@ class StudyContext:
     parent_run_id: str
     encoder_name: str
     encoder_fingerprint: str
+    #: this process's lease token, recorded on each trial it runs
+    worker: str
 
     def base_params(self) -> dict[str, str]:
         c = self.config
@@ -227,6 +237,10 @@ def _predictions_csv(dataset: Dataset, idx: np.ndarray, probs: np.ndarray) -> st
 
 def make_objective(ctx: StudyContext):
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, ctx.worker)
+        # seeded by trial number: reproducible, yet workers that start together (same
+        # seed, same history) do not draw the same parameters
+        trial.study.sampler = _make_sampler(ctx.config, trial.number)
         spec = suggest(trial, ctx.config.search)
         params = {**spec.params(), **ctx.base_params()}
         run_id = ctx.tracker.start_trial(ctx.parent_run_id, ctx.config.name, trial.number, params)
@@ -236,7 +250,7 @@ def make_objective(ctx: StudyContext):
         except optuna.TrialPruned:
             ctx.tracker.end(run_id, "PRUNED")
             raise
-        except (Exception, TrialFailed) as exc:
+        except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason)
             ctx.tracker.end(run_id, "FAIL", reason)
@@ -252,6 +266,21 @@ def make_objective(ctx: StudyContext):
 
 def n_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def n_covered(study: optuna.Study) -> int:
+    """Finished trials plus running ones (which will most likely finish): what a worker
+    counts before it starts another trial, so that parallel workers stop at the target."""
+    return len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
+
+
+def _surplus(trial: optuna.Trial, target: int) -> bool:
+    """Whether ``trial`` is one too many: the finished trials plus the running ones that
+    started before it already make the target. Workers that finish trials at the same
+    moment may each start one; the lower trial numbers win, so a study never finishes
+    more than ``target`` trials."""
+    others = trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    return sum(t.state in FINISHED or t.number < trial.number for t in others) >= target
 
 
 def _study_attrs(study: optuna.Study) -> dict:
@@ -286,8 +315,7 @@ def _existing_study(storage, name: str) -> optuna.Study | None:
 
 
 def _make_sampler(config: StudyConfig, offset: int) -> optuna.samplers.BaseSampler:
-    """Seeded; the seed moves with the number of trials already run and the worker index,
-    so a continued study or a second worker does not repeat the same draws."""
+    """Seeded with the study's seed plus ``offset`` (the trial number)."""
     seed = config.sampler.seed + offset
     if config.sampler.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -394,6 +422,9 @@ def run_study(
     Everything the user gave is validated before any study, run or cache entry exists.
     With ``workers > 1`` this process prepares the study (cache, Optuna study, parent
     run), then starts ``workers - 1`` more processes on the same storage and works too.
+    Independent copies of the same command (one per machine) share the study the same
+    way. ``worker_index`` only marks a helper started by ``--workers`` (the CLI keeps it
+    quiet); it no longer changes the draws, which are seeded per trial.
     """
     if isinstance(study_file, StudyConfig):
         config, text, where = study_file, study_file.model_dump_json(indent=2), "<config>"
@@ -466,52 +497,64 @@ def run_study(
         progress=progress,
     )
 
-    # 3. tracking and the Optuna study
+    # 3. tracking, this worker's lease, the Optuna study and its parent run
     tracker = Tracker(tracking, config.name, config.artifact_location)
-    optuna_storage = make_storage(storage_url, on_stale=_stale_handler(tracker))
-    study = optuna.create_study(
-        study_name=config.name,
-        storage=optuna_storage,
-        direction="maximize",
-        load_if_exists=True,
-        sampler=_make_sampler(config, 0),
-        pruner=_make_pruner(config),
-    )
-    offset = len(study.trials) + 1000 * worker_index
-    study.sampler = _make_sampler(config, offset)
-    if "data_sha256" not in study.user_attrs:
-        study.set_user_attr("data_sha256", dataset.sha256)
-        study.set_user_attr("split_sha256", split_sha256(split))
-        study.set_user_attr("encoder", config.encoder.name)
-    parent_id = _parent_run(tracker, study, config, dataset, split, text, encoder)
-    ctx = StudyContext(
-        config,
-        dataset,
-        split,
-        cache,
-        tracker,
-        parent_id,
-        config.encoder.name,
-        encoder.fingerprint,
-    )
-    remaining = max(0, target - n_finished(study))
-    summary_status = "FINISHED"
-    if remaining:
-        log.info(
-            "study %r: %d finished, running up to %d more (target %d); storage %s",
-            config.name,
-            n_finished(study),
-            remaining,
-            target,
-            storage_url,
+    lease = WorkerLease(lease_dir(config))
+    try:
+        optuna_storage = make_storage(storage_url, on_stale=_stale_handler(tracker), lease=lease)
+        study, created = _open_study(config, optuna_storage)
+        if created:
+            study.set_user_attr(CREATOR_ATTR, lease.token)
+        if "data_sha256" not in study.user_attrs:
+            study.set_user_attr("data_sha256", dataset.sha256)
+            study.set_user_attr("split_sha256", split_sha256(split))
+            study.set_user_attr("encoder", config.encoder.name)
+        # trials of killed workers end as FAIL now, even when none are left to run
+        fail_dead_trials(study)
+        lease.prune()
+        parent_id = _parent_run(
+            tracker, study, created, lease, config, dataset, split, text, encoder
         )
-        helpers = _start_workers(study_file, workers, target, timeout, storage_url, tracking)
-        try:
-            summary_status = _optimize(study, ctx, target, remaining, timeout, progress)
-        finally:
-            for proc in helpers:
-                proc.wait()
-    tracker.finish_parent(parent_id, summary_status)
+        ctx = StudyContext(
+            config,
+            dataset,
+            split,
+            cache,
+            tracker,
+            parent_id,
+            config.encoder.name,
+            encoder.fingerprint,
+            lease.token,
+        )
+        remaining = max(0, target - n_covered(study))
+        if n_covered(study) > n_finished(study):
+            log.info(
+                "study %r: %d trials are running in other workers (if those workers died on "
+                "another machine, their trials are replaced %d s after their last heartbeat)",
+                config.name,
+                n_covered(study) - n_finished(study),
+                3 * heartbeat_interval(),
+            )
+        if remaining:
+            log.info(
+                "study %r: %d finished, running up to %d more (target %d); storage %s",
+                config.name,
+                n_finished(study),
+                remaining,
+                target,
+                storage_url,
+            )
+            helpers = _start_workers(study_file, workers, target, timeout, storage_url, tracking)
+            try:
+                _optimize(study, ctx, target, remaining, timeout, progress)
+            finally:
+                for proc in helpers:
+                    if proc.wait():
+                        log.warning("worker %d exited with status %d", proc.pid, proc.returncode)
+            fail_dead_trials(study)
+        tracker.finish_parent(parent_id)
+    finally:
+        lease.release()
     best = None
     try:
         best = study.best_trial
@@ -520,6 +563,36 @@ def run_study(
     return StudySummary(
         config.name, n_finished(study), best, parent_id, tracking, trial_rows(study, top=5)
     )
+
+
+def lease_dir(config: StudyConfig) -> Path:
+    """Where the workers of a study on this machine keep their leases: beside the cache."""
+    root = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    return root / "workers" / config.name.replace("/", "_")
+
+
+def _open_study(config: StudyConfig, storage) -> tuple[optuna.Study, bool]:
+    """Create the study or load it; ``True`` for the one process whose create succeeded
+    (the storage's unique study name decides, however many start at once)."""
+    kwargs = {
+        "study_name": config.name,
+        "storage": storage,
+        "sampler": _make_sampler(config, 0),
+        "pruner": _make_pruner(config),
+    }
+    try:
+        return optuna.create_study(direction="maximize", **kwargs), True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(**kwargs), False
+
+
+def fail_dead_trials(study: optuna.Study) -> None:
+    """Mark FAIL the RUNNING trials whose worker is dead (see ``harness.storage``), and
+    their MLflow runs KILLED. Optuna does this before each trial it starts; a study also
+    needs it when it starts and ends, which may be when no trial is left to start."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def _start_workers(
@@ -559,22 +632,32 @@ def _optimize(
     remaining: int,
     timeout: float | None,
     progress: bool,
-) -> str:
-    """Run trials until the study has ``target`` finished ones; stop early if most fail."""
+) -> None:
+    """Run trials until the study has ``target`` finished ones (counting those running in
+    other workers); stop early if most fail."""
     bar = tqdm(total=remaining, desc="trials", unit="trial", disable=not progress)
     outcomes = {"ok": 0, "failed": 0, "last_reason": ""}
+    objective = make_objective(ctx)
+
+    def one_trial(trial: optuna.Trial) -> float:
+        if _surplus(trial, target):
+            trial.set_user_attr("fail_reason", NOT_NEEDED)
+            study.stop()
+            raise TrialFailed(NOT_NEEDED)
+        return objective(trial)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state in FINISHED:
             outcomes["ok"] += 1
             bar.update(1)
             _update_parent(ctx, study)
-        elif trial.state == TrialState.FAIL:
+        elif trial.user_attrs.get("fail_reason") != NOT_NEEDED:
             outcomes["failed"] += 1
             outcomes["last_reason"] = trial.user_attrs.get("fail_reason", "")
-            tried = outcomes["ok"] + outcomes["failed"]
-            if tried >= FAILURE_STOP_MIN and outcomes["failed"] > tried / 2:
+            if _too_many_failures(outcomes["ok"], outcomes["failed"]):
                 study.stop()
+        if n_covered(study) >= target:
+            study.stop()
         value = f"{trial.value:.4f}" if trial.value is not None else "-"
         bar.write(
             f"trial {trial.number}: {trial.state.name.lower()} val_auc={value} "
@@ -584,14 +667,11 @@ def _optimize(
     started = time.time()
     try:
         study.optimize(
-            make_objective(ctx),
+            one_trial,
             n_trials=None,
             timeout=timeout,
             catch=(TrialFailed,),
-            callbacks=[
-                optuna.study.MaxTrialsCallback(target, states=FINISHED),
-                after_trial,
-            ],
+            callbacks=[after_trial],
             gc_after_trial=False,
         )
     except KeyboardInterrupt:
@@ -599,26 +679,35 @@ def _optimize(
         ctx.tracker.finish_parent(ctx.parent_run_id, "KILLED")
         raise
     bar.close()
-    log.info("ran %d trials in %.0f s", outcomes["ok"] + outcomes["failed"], time.time() - started)
-    if outcomes["failed"] > outcomes["ok"] and outcomes["failed"] >= FAILURE_STOP_MIN:
+    ok, failed = outcomes["ok"], outcomes["failed"]
+    log.info("ran %d trials in %.0f s", ok + failed, time.time() - started)
+    if _too_many_failures(ok, failed):
         ctx.tracker.finish_parent(ctx.parent_run_id, "FAILED")
         raise HarnessError(
-            f"study {ctx.config.name!r} stopped: {outcomes['failed']} of "
-            f"{outcomes['ok'] + outcomes['failed']} trials failed (last: "
-            f"{outcomes['last_reason'][:200]}); fix the cause and run the same command again"
+            f"study {ctx.config.name!r} stopped: {failed} of {ok + failed} trials failed "
+            f"(last: {outcomes['last_reason'][:200]}); fix the cause and run the same "
+            "command again"
         )
-    return "FINISHED"
+
+
+def _too_many_failures(ok: int, failed: int) -> bool:
+    """Most of this run's trials failed, after enough trials to tell: a broken setup, not
+    an unlucky draw, so the rest of the budget would burn for nothing."""
+    return ok + failed >= FAILURE_STOP_MIN and failed > ok
 
 
 def _stale_handler(tracker: Tracker):
-    """Optuna calls this for a trial whose process stopped beating (killed, machine lost):
-    its MLflow run must not stay RUNNING."""
+    """Optuna calls this for each trial found dead (killed worker, lost machine): its
+    MLflow run must not stay RUNNING."""
 
     def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            tracker.kill(run_id, "the worker process stopped (no heartbeat)")
-        log.warning("trial %d had no heartbeat: marked FAIL, it will be replaced", trial.number)
+        parent_id = study.user_attrs.get(PARENT_ATTR)
+        for run_id in tracker.running_trial_runs(parent_id, trial.number) if parent_id else []:
+            tracker.kill(run_id, "its worker process stopped (killed, or its machine was lost)")
+        log.warning(
+            "trial %d: its worker process stopped; marked FAIL, a new trial replaces it",
+            trial.number,
+        )
 
     return on_stale
 
@@ -626,44 +715,59 @@ def _stale_handler(tracker: Tracker):
 def _parent_run(
     tracker: Tracker,
     study: optuna.Study,
+    created: bool,
+    lease: WorkerLease,
     config: StudyConfig,
     dataset: Dataset,
     split: Split,
     text: str,
     encoder,
 ) -> str:
-    """The study's one parent run: reopened when the study continues, created (with the
-    study file and the split) the first time."""
-    known = study.user_attrs.get("mlflow_parent_run_id")
-    parent_id = tracker.parent_run(config.name, known)
-    if parent_id != known:
-        study.set_user_attr("mlflow_parent_run_id", parent_id)
-        tracker.client.log_batch(parent_id, params=[])
-        tracker.log_files(
-            parent_id,
-            {
-                "study.yaml": text,
-                "split.json": dumps(split.to_dict()),
-            },
+    """The study's one parent run. The process that created the study creates it; every
+    other process (a continued study, or workers that started at the same moment) uses
+    the one the study names, waiting for it if the creator is still making it. Only if
+    the creator died first, or the run was purged, is a new one made."""
+    if not created:
+        known = _wait_for_parent(study, lease)
+        if known is not None and tracker.reopen_parent(known):
+            return known
+        log.warning(
+            "study %r has no MLflow parent run (%s); creating one",
+            config.name,
+            "its run was purged" if known else "the process that created the study stopped",
         )
-        from mlflow.entities import Param
-
-        params = {
-            "encoder": config.encoder.name,
-            "encoder_fingerprint": encoder.fingerprint[:16],
-            "max_len": config.encoder.max_len,
-            "data": config.data.dataset,
-            "data_sha256": dataset.sha256,
-            "n_rows": len(dataset),
-            "split_seed": config.split.seed,
-            "split_sizes": f"{len(split.train)},{len(split.val)},{len(split.test)}",
-            "group_by": split.group_by or "none",
-            "sampler": config.sampler.name,
-            "pruner": config.pruner.name,
-            "harness_version": __version__,
-        }
-        tracker.client.log_batch(parent_id, params=[Param(k, str(v)) for k, v in params.items()])
+    parent_id = tracker.create_parent(config.name)
+    tracker.log_files(parent_id, {"study.yaml": text, "split.json": dumps(split.to_dict())})
+    params = {
+        "encoder": config.encoder.name,
+        "encoder_fingerprint": encoder.fingerprint[:16],
+        "max_len": config.encoder.max_len,
+        "data": config.data.dataset,
+        "data_sha256": dataset.sha256,
+        "n_rows": len(dataset),
+        "split_seed": config.split.seed,
+        "split_sizes": f"{len(split.train)},{len(split.val)},{len(split.test)}",
+        "group_by": split.group_by or "none",
+        "sampler": config.sampler.name,
+        "pruner": config.pruner.name,
+        "harness_version": __version__,
+    }
+    tracker.log_params(parent_id, params)
+    study.set_user_attr(PARENT_ATTR, parent_id)
     return parent_id
+
+
+def _wait_for_parent(study: optuna.Study, lease: WorkerLease) -> str | None:
+    """The parent run id the study names; while it names none, wait for the creator to
+    register it, unless the creator is seen dead or ``PARENT_WAIT_S`` passes."""
+    deadline = time.monotonic() + PARENT_WAIT_S
+    while True:
+        attrs = study.user_attrs
+        if PARENT_ATTR in attrs:
+            return attrs[PARENT_ATTR]
+        if lease.alive(attrs.get(CREATOR_ATTR)) is False or time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
 
 
 def load_config(path: str | Path) -> StudyConfig:

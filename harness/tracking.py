@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness.errors import HarnessError
+from harness.storage import sqlalchemy_url
 
 ROLE_TAG = "harness.role"
 
@@ -28,43 +32,64 @@ def is_local_store(tracking_uri: str) -> bool:
     return not tracking_uri.startswith(("http://", "https://", "databricks"))
 
 
+def _init_lock(tracking_uri: str) -> AbstractContextManager:
+    """MLflow creates the tables of a new SQLite store without a lock, so workers that start
+    together would each run the migrations and fail: open it under a file lock."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return nullcontext()
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{db}.lock")
+
+
 class Tracker:
     """The MLflow side of one study."""
 
     def __init__(self, tracking_uri: str, experiment_name: str, artifact_location: str | None):
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri)
         self.tracking_uri = tracking_uri
-        experiment = self.client.get_experiment_by_name(experiment_name)
+        with _init_lock(tracking_uri):
+            self.client = MlflowClient(sqlalchemy_url(tracking_uri))
+            self.experiment_id = self._experiment_id(experiment_name, artifact_location)
+
+    def _experiment_id(self, name: str, artifact_location: str | None) -> str:
+        """The study's experiment, created (or restored) when needed. Several workers may
+        start at once: the one whose create loses the race uses the winner's."""
+        experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             location = None
-            if artifact_location and is_local_store(tracking_uri):
-                location = (Path(artifact_location) / experiment_name).resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(
-                experiment_name, artifact_location=location
-            )
-        else:
-            if experiment.lifecycle_stage == "deleted":
-                self.client.restore_experiment(experiment.experiment_id)
-            self.experiment_id = experiment.experiment_id
-
-    def parent_run(self, study_name: str, run_id: str | None) -> str:
-        """Reopen the study's parent run (continued study) or create it."""
-        if run_id is not None:
+            if artifact_location and is_local_store(self.tracking_uri):
+                location = (Path(artifact_location) / name).resolve().as_uri()
             try:
-                run = self.client.get_run(run_id)
-            except Exception:
-                run = None
-            if run is not None and run.info.lifecycle_stage == "active":
-                self.client.update_run(run_id, status="RUNNING")
-                return run_id
+                return self.client.create_experiment(name, artifact_location=location)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            experiment = self.client.get_experiment_by_name(name)
+        if experiment.lifecycle_stage == "deleted":
+            self.client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+
+    def create_parent(self, study_name: str) -> str:
+        """A new parent run for the study (only the process that created the study, or
+        one that found its parent gone, calls this)."""
         run = self.client.create_run(
             self.experiment_id,
             run_name=study_name,
             tags={ROLE_TAG: "study", "optuna.study_name": study_name},
         )
         return run.info.run_id
+
+    def reopen_parent(self, run_id: str) -> bool:
+        """Mark a continued study's parent RUNNING again (restoring it if it was deleted in
+        the UI); False when the run no longer exists at all."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return False
+        if run.info.lifecycle_stage == "deleted":
+            self.client.restore_run(run_id)
+        self.client.update_run(run_id, status="RUNNING")
+        return True
 
     def start_trial(
         self, parent_id: str, study_name: str, number: int, params: dict[str, str]
@@ -80,8 +105,11 @@ class Tracker:
                 "optuna.state": "RUNNING",
             },
         )
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.log_params(run.info.run_id, params)
         return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, object]) -> None:
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         ts = _now_ms()
@@ -109,17 +137,23 @@ class Tracker:
         self.client.set_terminated(run_id, status=status, end_time=_now_ms())
 
     def kill(self, run_id: str, reason: str) -> None:
-        """Mark a run whose process died; never leave it RUNNING."""
-        try:
-            run = self.client.get_run(run_id)
-        except Exception:
-            return
-        if run.info.status == "RUNNING":
-            self.client.log_batch(
-                run_id,
-                tags=[RunTag("optuna.state", "FAIL"), RunTag("harness.fail_reason", reason)],
-            )
-            self.client.set_terminated(run_id, status="KILLED", end_time=_now_ms())
+        """Mark a run whose process died or was interrupted; never leave it RUNNING."""
+        self.client.log_batch(
+            run_id, tags=[RunTag("optuna.state", "FAIL"), RunTag("harness.fail_reason", reason)]
+        )
+        self.client.set_terminated(run_id, status="KILLED", end_time=_now_ms())
+
+    def running_trial_runs(self, parent_id: str, number: int) -> list[str]:
+        """The RUNNING child runs of trial ``number``: found by tags, so that a run whose id
+        never reached Optuna (the process died right after creating it) is found too."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.`mlflow.parentRunId` = '{parent_id}' "
+                f"and tags.`optuna.trial_number` = '{number}' and attributes.status = 'RUNNING'"
+            ),
+        )
+        return [r.info.run_id for r in runs]
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

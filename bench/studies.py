@@ -1,0 +1,186 @@
+"""Rows 7 and 8: whole studies in child processes: pruning on/off, and how to use 2 cores."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from bench.common import LAYERS, ROOT, Context, Row, harness_cli, log, ratio, run_child, write_study
+from harness.storage import make_storage
+
+QUICK_STUDY = ROOT / "studies" / "babe-quick.yaml"
+
+
+@dataclass
+class StudyRun:
+    """What one ``harness study run`` did, read back from its Optuna storage."""
+
+    command_seconds: float
+    #: first trial start to last trial end: the study's work without process start-up
+    trial_seconds: float
+    n_complete: int
+    n_pruned: int
+    best_value: float
+
+    @property
+    def trials_per_hour(self) -> float:
+        return 3600 * (self.n_complete + self.n_pruned) / self.trial_seconds
+
+
+def run_study_copy(
+    ctx: Context,
+    name: str,
+    n_trials: int,
+    overrides: dict,
+    workers: int = 1,
+    env: dict[str, str | None] | None = None,
+) -> StudyRun:
+    """babe-quick.yaml with ``overrides``, its stores in a fresh folder and its cache the
+    bench's warm one, run as ``harness study run … --n-trials N`` in a child process."""
+    ctx.cache  # noqa: B018 - extract before timing anything: trials read a warm cache
+    folder = ctx.tmp(name)
+    path = write_study(QUICK_STUDY, folder, cache_dir=str(ctx.cache_dir), **overrides)
+    storage = f"journal:///{folder}/optuna.log"
+    log(f"{name}: {n_trials} trials, {workers} worker(s), env {env or {}}")
+    child = harness_cli(
+        "study", "run", str(path), "--n-trials", str(n_trials), "--storage", storage,
+        "--workers", str(workers), "--quiet", env=env,
+    )  # fmt: skip
+    study_name = yaml.safe_load(path.read_text())["name"]
+    study = optuna.load_study(study_name=study_name, storage=make_storage(storage))
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    window = max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)
+    return StudyRun(
+        child.seconds,
+        window.total_seconds(),
+        sum(t.state == TrialState.COMPLETE for t in trials),
+        sum(t.state == TrialState.PRUNED for t in trials),
+        study.best_value,
+    )
+
+
+def row_pruning(ctx: Context) -> list[Row]:
+    n_trials, epochs = (6, 4) if ctx.quick else (10, 6)
+    study = yaml.safe_load(QUICK_STUDY.read_text())
+    train = {"epochs": epochs}
+    on = run_study_copy(ctx, "pruning-on", n_trials, {"train": train})
+    off = run_study_copy(ctx, "pruning-off", n_trials, {"train": train, "pruner": {"name": "none"}})
+    saved = 1 - ratio(on.trial_seconds, off.trial_seconds)
+    values = {
+        "n_trials": n_trials,
+        "epochs": epochs,
+        "pruner": study.get("pruner"),
+        "on": vars(on),
+        "off": vars(off),
+        "trials_per_hour": {"on": on.trials_per_hour, "off": off.trials_per_hour},
+        "wall_time_saved": saved,
+    }
+    return [
+        Row(
+            "7",
+            f"babe-quick, {n_trials} trials × ≤ {epochs} epochs: pruning on vs off",
+            f"{on.trials_per_hour:.0f} vs {off.trials_per_hour:.0f} trials/h, "
+            f"{100 * saved:.0f} % less time ({on.n_pruned} pruned)",
+            "≥ 30 % saved",
+            saved >= 0.30,
+            values,
+        ),
+        Row(
+            "7",
+            "best validation AUC, pruning on vs off",
+            f"{on.best_value:.4f} vs {off.best_value:.4f}",
+            "not worse",
+            on.best_value >= off.best_value,
+        ),
+    ]
+
+
+#: every trial of row 8 does the same work, so throughput compares only how it is run
+FIXED_SEARCH = {
+    "layers": list(LAYERS),
+    "heads": "all",
+    "reducer": "sum",
+    "lr": 1.0e-3,
+    "classifier": {"gru": {"hidden_size": 64, "bidirectional": True}},
+}
+
+#: one small GRU training step timed with 1 or 2 torch threads, plain torch (no harness)
+GRU_STEP = """
+import sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+gru = torch.nn.GRU(80, 64, batch_first=True, bidirectional=True)
+x = torch.rand(64, 42, 80)
+def step():
+    out, _ = gru(x)
+    out.sum().backward()
+step()
+times = []
+for _ in range(5):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+print("STEP", min(times))
+"""
+
+
+def gru_step_seconds(threads: int, wait_policy: str | None) -> float:
+    run = run_child(
+        [sys.executable, "-c", GRU_STEP, str(threads)], env={"OMP_WAIT_POLICY": wait_policy}
+    )
+    return float(run.output.split("STEP")[-1])
+
+
+def row_parallel(ctx: Context) -> list[Row]:
+    n_trials = 4 if ctx.quick else 8
+    overrides = {
+        "train": {"epochs": 3, "patience": 3},
+        "pruner": {"name": "none"},
+        "sampler": {"name": "random", "seed": 0},
+        "search": FIXED_SEARCH,
+    }
+    threads = run_study_copy(
+        ctx, "parallel-1x2", n_trials, overrides, workers=1, env={"HARNESS_NUM_THREADS": "2"}
+    )
+    procs = run_study_copy(
+        ctx, "parallel-2x1", n_trials, overrides, workers=2, env={"HARNESS_NUM_THREADS": "1"}
+    )
+    log("row 8: one GRU step with 1 or 2 threads while another process keeps a core busy")
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        step = {
+            "1 thread": gru_step_seconds(1, None),
+            "2 threads, spinning waits (libgomp default)": gru_step_seconds(2, None),
+            "2 threads, OMP_WAIT_POLICY=PASSIVE": gru_step_seconds(2, "PASSIVE"),
+        }
+    finally:
+        hog.kill()
+        hog.wait()
+    speedup = ratio(procs.trials_per_hour, threads.trials_per_hour)
+    spin = step["2 threads, spinning waits (libgomp default)"]
+    passive = step["2 threads, OMP_WAIT_POLICY=PASSIVE"]
+    return [
+        Row(
+            "8",
+            f"{n_trials} identical trials: 2 processes × 1 thread vs 1 process × 2 threads",
+            f"{procs.trials_per_hour:.0f} vs {threads.trials_per_hour:.0f} trials/h "
+            f"({speedup:.2f}×; whole command {procs.command_seconds:.0f} vs "
+            f"{threads.command_seconds:.0f} s)",
+            "the faster is the default (2 × 1)",
+            speedup >= 1.0,
+            {"2x1": vars(procs), "1x2": vars(threads), "speedup": speedup},
+        ),
+        Row(
+            "8",
+            "GRU step on 2 threads with a core busy: spinning vs sleeping waits",
+            f"{spin * 1000:.0f} vs {passive * 1000:.0f} ms ({ratio(spin, passive):.0f}×; "
+            f"1 thread {step['1 thread'] * 1000:.0f} ms)",
+            "(why threads.py sets PASSIVE)",
+            None,
+            {"step_seconds": step},
+        ),
+    ]

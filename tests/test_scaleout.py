@@ -1,0 +1,210 @@
+"""Several machines, one study, on loopback: Optuna on PostgreSQL, MLflow behind
+``mlflow server`` (PostgreSQL backend, served artifacts), two workers that share nothing
+else (each its own working folder and attention cache). docs/scaleout.md gives the same
+commands for real machines.
+
+PostgreSQL must be running (CI's machine starts it): ``HARNESS_TEST_POSTGRES`` names a
+database the tests may connect to in order to create and drop their own (default
+``postgresql://postgres@127.0.0.1:5432/test``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from harness import load_run
+from harness.storage import make_storage, sqlalchemy_url
+from harness.study import PARENT_ATTR
+from tests.conftest import study_yaml, write_synthetic_csv
+
+POSTGRES = os.environ.get("HARNESS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+N_TRIALS = 4
+
+
+@pytest.fixture
+def databases() -> Iterator[dict[str, str]]:
+    """Two fresh databases, one for Optuna and one for MLflow's backend store; dropped
+    afterwards even if their users still hold connections."""
+    import psycopg2
+
+    try:
+        admin = psycopg2.connect(POSTGRES, connect_timeout=10)
+    except psycopg2.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES} (set HARNESS_TEST_POSTGRES): {exc}")
+    admin.autocommit = True
+    run = uuid.uuid4().hex[:10]
+    names = {role: f"harness_test_{run}_{role}" for role in ("optuna", "mlflow")}
+    server = POSTGRES.rsplit("/", 1)[0]
+    try:
+        with admin.cursor() as cur:
+            for name in names.values():
+                cur.execute(f'CREATE DATABASE "{name}"')
+        yield {role: f"{server}/{name}" for role, name in names.items()}
+    finally:
+        with admin.cursor() as cur:
+            for name in names.values():
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(databases, tmp_path) -> Iterator[str]:
+    """``mlflow server`` on a free loopback port, answering /health; stopped afterwards
+    with all its processes (it runs in a session of its own)."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "mlflow-server.log", "w")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--backend-store-uri",
+            sqlalchemy_url(databases["mlflow"]),
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(tmp_path / "mlartifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"mlflow server did not start:\n{_tail(tmp_path / 'mlflow-server.log')}"
+                )
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text()[-chars:]
+
+
+def test_two_workers_on_postgresql_and_an_mlflow_server(
+    tmp_path, tiny_bert, databases, mlflow_server
+):
+    data = write_synthetic_csv(tmp_path / "data.csv")
+    path = study_yaml(
+        tmp_path,
+        name="scaleout",
+        dataset=str(data),
+        encoder=str(tiny_bert),
+        n_trials=N_TRIALS,
+        epochs=2,
+        extra="pruner: {name: none}\n",
+    )
+    # each "machine" keeps its attention cache (and worker leases) to itself
+    path.write_text(
+        "".join(line for line in path.read_text().splitlines(True) if "cache_dir" not in line)
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "harness",
+        "study",
+        "run",
+        str(path),
+        "--storage",
+        databases["optuna"],
+        "--tracking-uri",
+        mlflow_server,
+        "--quiet",
+    ]
+    workers = []
+    for machine in ("a", "b"):
+        home = tmp_path / machine
+        home.mkdir()
+        workers.append(
+            subprocess.Popen(
+                command,
+                cwd=home,
+                env={**os.environ, "HARNESS_CACHE_DIR": str(home / "cache")},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for worker in workers:
+        _, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err[-3000:]
+
+    study = optuna.load_study(study_name="scaleout", storage=make_storage(databases["optuna"]))
+    trials = study.trials
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(finished) == N_TRIALS
+    assert len({t.number for t in trials}) == len(trials)
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("scaleout")
+    runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
+    parents = [r for r in runs if r.data.tags["harness.role"] == "study"]
+    children = [r for r in runs if r.data.tags["harness.role"] == "trial"]
+    assert [p.info.run_id for p in parents] == [study.user_attrs[PARENT_ATTR]]
+    with_runs = [t for t in trials if "mlflow_run_id" in t.user_attrs]
+    assert sorted(c.info.run_id for c in children) == sorted(
+        t.user_attrs["mlflow_run_id"] for t in with_runs
+    )
+    by_run = {c.info.run_id: c for c in children}
+    for trial in finished:
+        child = by_run[trial.user_attrs["mlflow_run_id"]]
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert child.data.tags["optuna.trial_number"] == str(trial.number)
+        assert child.data.metrics["val_auc"] == pytest.approx(trial.value)
+
+    # the best trial's weights, through the server, predict what the trial logged
+    best = study.best_trial.user_attrs["mlflow_run_id"]
+    local = client.download_artifacts(best, "predictions/test.csv", str(tmp_path))
+    rows = list(csv.DictReader(open(local)))
+    with open(data) as fh:
+        texts = [row["text"] for row in csv.DictReader(fh)]
+    run = load_run(f"runs:/{best}/model", tracking_uri=mlflow_server)
+    probs = run.predict_proba([texts[int(r["row_id"])] for r in rows])
+    logged = np.array([float(r["probability"]) for r in rows])
+    np.testing.assert_allclose(probs, logged, atol=1e-5)
