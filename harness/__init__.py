@@ -23,7 +23,18 @@ _EXPORTS = {
     "run_study": "harness.study",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AttentionCache",
+    "Dataset",
+    "HarnessError",
+    "Split",
+    "extract_attention",
+    "load_dataset",
+    "load_encoder",
+    "load_run",
+    "make_split",
+    "run_study",
+]
 
 if TYPE_CHECKING:
     from harness.attention import AttentionCache, extract_attention

@@ -6,9 +6,13 @@ Layout of one cache entry (a directory named by its key)::
     layer_00.bin     fp16 maps of layer 0: for each sentence in extraction order, [H, n, n]
     layer_01.bin     ...
 
-Sentences are extracted sorted by token length, so each batch is padded only to its own
-longest sentence and equal lengths lie next to each other on disk, which lets feature
-building reduce whole runs of sentences in one numpy call. No padding is stored. Files
+Sentences are extracted sorted by token length, longest first, so each batch is padded
+only to its own longest sentence and equal lengths lie next to each other on disk, which
+lets extraction write and feature building reduce whole runs of sentences in one call.
+Longest first because the first batch then makes the largest allocations and every later,
+smaller one fits into memory already freed: in increasing order each batch needed a little
+more than any freed block and the heap grew batch after batch (peak RSS of a MiniLM study
+1.60 → 1.24 GB, BENCHMARKS.md row 4). No padding is stored. Files
 are written in a temporary directory and renamed into place, under a file lock, so a
 reader never sees half an entry and two processes never extract the same entry twice.
 """
@@ -16,7 +20,7 @@ reader never sees half an entry and two processes never extract the same entry t
 from __future__ import annotations
 
 # harness.threads comes first: it sets OMP_WAIT_POLICY, which libgomp reads once, when torch loads.
-from harness.threads import extraction_threads, num_threads  # isort: skip
+from harness.threads import extraction_threads, num_threads, train_threads  # isort: skip
 import hashlib
 import json
 import logging
@@ -67,7 +71,7 @@ def tokenize(encoder: Encoder, texts: list[str], max_len: int) -> list[list[int]
 def length_sorted_batches(
     encoder: Encoder, texts: list[str], max_len: int = 80, batch_size: int = 64
 ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, torch.Tensor]]]:
-    """Yield ``(indices, lengths, model inputs)`` in order of increasing token length.
+    """Yield ``(indices, lengths, model inputs)`` in order of decreasing token length.
 
     Each batch is padded only to its own longest sentence; sorting first makes that
     nearly no padding at all. Shared by extraction and by the benchmark's forward-only
@@ -77,7 +81,7 @@ def length_sorted_batches(
         raise HarnessError(f"batch_size must be >= 1, got {batch_size}")
     ids = tokenize(encoder, texts, max_len)
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
-    order = np.argsort(lengths, kind="stable")
+    order = np.argsort(-lengths, kind="stable")
     pad_id = encoder.tokenizer.pad_token_id or 0
     device = encoder.model.device
     for start in range(0, len(order), batch_size):
@@ -98,15 +102,15 @@ def iter_attention(
     batch_size: int = 64,
     progress: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield ``(indices, lengths, maps)`` per batch in order of increasing length.
+    """Yield ``(indices, lengths, maps)`` per batch in order of decreasing length.
 
     ``maps`` is fp16 ``[L, B, H, T, T]`` with ``T`` the batch's longest sentence; rows and
     columns of sentence ``b`` past ``lengths[b]`` are padding and must be ignored.
 
     Each layer's float32 maps are converted straight into one fp16 buffer (no float32
-    stack of all layers), and the model's outputs are dropped before the batch is handed
-    on, so the next forward pass does not run while the previous maps are still alive:
-    both keep the peak memory of a study process down (BENCHMARKS.md, row 4).
+    stack of all layers), and the model's float32 outputs are dropped before the batch is
+    handed on, so they are not alive during the next forward pass: both keep the peak
+    memory of a study process down (BENCHMARKS.md, row 4).
     """
     model = encoder.model
     bar = tqdm(total=len(texts), desc="extracting attention", unit="sent", disable=not progress)
@@ -227,24 +231,30 @@ class AttentionCache:
             )
         self._memo = None  # let the previous trial's array go before allocating this one
         out = np.zeros((len(self), self.max_len, spec.input_size(self.max_len)), np.float32)
-        for lo, hi in self._chunks():
-            start, count = int(self.offsets[lo]), int(self.offsets[hi] - self.offsets[lo])
-            per_layer = [
-                np.fromfile(self._layer_file(layer), np.float16, count, offset=2 * start)
-                for layer in spec.layers
-            ]
-            lens = self.lengths[self.order[lo:hi]]
-            for a, b in length_runs(lens):
-                n, k = int(lens[a]), b - a
-                s = int(self.offsets[lo + a] - self.offsets[lo])
-                run = [
-                    x[s : s + k * self.num_heads * n * n].reshape(k, -1, n, n) for x in per_layer
-                ]
-                reduced = reduce_maps(run, spec.heads, spec.reducer, self.max_len)
-                out[self.order[lo + a : lo + b], :n, : reduced.shape[2]] = reduced
+        # per-trial work: on the trial's threads (1), as its many small ops gain nothing from
+        # a second thread but its wake-ups (up to 10× slower with the other core busy)
+        with num_threads(train_threads()):
+            for lo, hi in self._chunks():
+                self._reduce_chunk(spec, lo, hi, out)
         result = (out, self.lengths.copy())
         self._memo = (spec, result)
         return result
+
+    def _reduce_chunk(self, spec: FeatureSpec, lo: int, hi: int, out: np.ndarray) -> None:
+        """Read positions ``lo:hi`` of the chosen layers; reduce each run of equal lengths
+        (contiguous, as extraction sorted them) in one call into its sentences' rows."""
+        start, count = int(self.offsets[lo]), int(self.offsets[hi] - self.offsets[lo])
+        per_layer = [
+            np.fromfile(self._layer_file(layer), np.float16, count, offset=2 * start)
+            for layer in spec.layers
+        ]
+        lens = self.lengths[self.order[lo:hi]]
+        for a, b in length_runs(lens):
+            n, k = int(lens[a]), b - a
+            s = int(self.offsets[lo + a] - self.offsets[lo])
+            run = [x[s : s + k * self.num_heads * n * n].reshape(k, -1, n, n) for x in per_layer]
+            reduced = reduce_maps(run, spec.heads, spec.reducer, self.max_len)
+            out[self.order[lo + a : lo + b], :n, : reduced.shape[2]] = reduced
 
     def _chunks(self) -> Iterator[tuple[int, int]]:
         """Position ranges of about READ_CHUNK_BYTES per layer file."""

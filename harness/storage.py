@@ -20,9 +20,12 @@ forever. Two signals tell a dead worker from a slow one:
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import random
 import re
 import socket
+import tempfile
 import time
 import uuid
 import warnings
@@ -32,6 +35,7 @@ from datetime import datetime
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from filelock import FileLock
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat
@@ -44,6 +48,8 @@ StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 #: trial user attribute naming the worker (lease token) that runs the trial
 WORKER_ATTR = "worker"
+#: tries to open a database storage whose tables other workers may be creating
+CREATE_ATTEMPTS = 5
 
 
 def heartbeat_interval() -> int:
@@ -68,8 +74,11 @@ class WorkerLease:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.token = _safe_name(f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        self._fd: int | None = os.open(self._path(self.token), os.O_RDWR | os.O_CREAT, 0o644)
+        # locked before it gets its name, so that no one ever sees it free while we live
+        unnamed = directory / f".{self.token}.new"
+        self._fd: int | None = os.open(unnamed, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        unnamed.rename(self._path(self.token))
 
     def _path(self, token: str) -> Path:
         return self.directory / f"{token}.lease"
@@ -168,6 +177,14 @@ class LeaseAwareRDBStorage(_LeaseAware, RDBStorage):
     """SQLAlchemy storage whose stale check also reads worker leases."""
 
 
+def sqlite_init_lock(db: Path) -> FileLock:
+    """Held while opening a SQLite store: processes that open a new one together would all
+    create its tables, and all but one fail. The lock file lives in the temporary folder,
+    not beside the store, which it must not change."""
+    key = hashlib.sha256(str(db.resolve()).encode()).hexdigest()[:16]
+    return FileLock(Path(tempfile.gettempdir()) / f"harness-sqlite-{key}.lock")
+
+
 def sqlalchemy_url(url: str) -> str:
     """``postgresql://`` with the driver the project installs (psycopg2): SQLAlchemy 2.1
     maps the bare scheme to psycopg 3, which is not a dependency."""
@@ -202,22 +219,34 @@ def make_storage(
         db = Path(url.removeprefix("sqlite:///"))
         db.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
-        init_lock = FileLock(f"{db}.lock")  # copies started together would all create tables
-    try:
-        with init_lock, warnings.catch_warnings():  # heartbeat is "experimental" (Optuna 2.9)
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = LeaseAwareRDBStorage(
-                sqlalchemy_url(url),
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=interval,
-                grace_period=grace,
-                heartbeat_stale_trial_callback=on_stale,
-            )
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HarnessError(
-            f"cannot open Optuna storage {url!r}: {reason[:200]}; check the URL, that the "
-            "database server runs and the database exists"
-        ) from None
+        init_lock = sqlite_init_lock(db)
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        try:
+            with init_lock, warnings.catch_warnings():  # heartbeat is "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = LeaseAwareRDBStorage(
+                    sqlalchemy_url(url),
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=interval,
+                    grace_period=grace,
+                    heartbeat_stale_trial_callback=on_stale,
+                )
+            break
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            # workers that open a new database at once race to create its tables; the
+            # losers find them made on the next try
+            if attempt == CREATE_ATTEMPTS:
+                raise _cannot_open(url, exc) from None
+            time.sleep(random.uniform(0.5, 1.5))
+        except Exception as exc:
+            raise _cannot_open(url, exc) from None
     storage.lease = lease
     return storage
+
+
+def _cannot_open(url: str, exc: Exception) -> HarnessError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return HarnessError(
+        f"cannot open Optuna storage {url!r}: {reason[:200]}; check the URL, that the "
+        "database server runs and the database exists"
+    )

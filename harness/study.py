@@ -526,20 +526,21 @@ def run_study(
             encoder.fingerprint,
             lease.token,
         )
-        remaining = max(0, target - n_covered(study))
-        if n_covered(study) > n_finished(study):
+        finished, covered = n_finished(study), n_covered(study)
+        remaining = max(0, target - covered)
+        if covered > finished:
             log.info(
                 "study %r: %d trials are running in other workers (if those workers died on "
                 "another machine, their trials are replaced %d s after their last heartbeat)",
                 config.name,
-                n_covered(study) - n_finished(study),
+                covered - finished,
                 3 * heartbeat_interval(),
             )
         if remaining:
             log.info(
                 "study %r: %d finished, running up to %d more (target %d); storage %s",
                 config.name,
-                n_finished(study),
+                finished,
                 remaining,
                 target,
                 storage_url,

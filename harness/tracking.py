@@ -12,13 +12,12 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
-from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness.errors import HarnessError
-from harness.storage import sqlalchemy_url
+from harness.storage import sqlalchemy_url, sqlite_init_lock
 
 ROLE_TAG = "harness.role"
 
@@ -39,7 +38,7 @@ def _init_lock(tracking_uri: str) -> AbstractContextManager:
         return nullcontext()
     db = Path(tracking_uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(f"{db}.lock")
+    return sqlite_init_lock(db)
 
 
 class Tracker:

@@ -114,7 +114,7 @@ def test_iter_attention_batches_are_sorted_and_padding_is_never_read(encoder, te
             )
             seen.append(i)
     assert sorted(seen) == list(range(len(texts)))
-    assert widths == sorted(widths)
+    assert widths == sorted(widths, reverse=True)  # longest first
 
 
 def test_length_sorted_batches_mask_real_tokens_only(encoder, texts):
@@ -123,7 +123,7 @@ def test_length_sorted_batches_mask_real_tokens_only(encoder, texts):
         assert inputs["attention_mask"].sum(1).tolist() == lens.tolist()
         assert inputs["input_ids"].shape == (len(idx), lens.max())
         lengths.extend(lens.tolist())
-    assert lengths == sorted(lengths) and max(lengths) == MAX_LEN
+    assert lengths == sorted(lengths, reverse=True) and lengths[0] == MAX_LEN
 
 
 def test_batch_size_must_be_positive(encoder, texts):

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -73,8 +74,8 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "harness", *args]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "HARNESS_HEARTBEAT_INTERVAL": str(HEARTBEAT_S)}
+def _env(heartbeat_s: int) -> dict[str, str]:
+    return {**os.environ, "HARNESS_HEARTBEAT_INTERVAL": str(heartbeat_s)}
 
 
 # --- the attention cache under concurrency and faults -------------------------------------
@@ -222,7 +223,9 @@ def _running_trial_with_run(db: Path) -> int | None:
 def test_sigkill_mid_trial_then_the_same_command_finishes_the_study(workspace, tiny_bert):
     """The user's view: kill -9 during a trial, run the same command again at once. The
     killed trial ends FAIL (its MLflow run KILLED), the study reaches its target under
-    the same parent run, and nothing is left RUNNING."""
+    the same parent run, and nothing is left RUNNING. Heartbeats every 30 s: the restart
+    comes long before a 90 s grace could pass, so it is the dead worker's free lease that
+    settles the trial."""
     tmp = workspace[0]
     path = _study(
         workspace,
@@ -235,7 +238,8 @@ def test_sigkill_mid_trial_then_the_same_command_finishes_the_study(workspace, t
     )
     path.write_text(path.read_text().replace("patience: 2", "patience: 20"))  # no early stop
     command = _cli("study", "run", str(path), "--quiet")
-    first = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = _env(heartbeat_s=30)
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while (killed := _running_trial_with_run(tmp / "optuna.db")) is None:
         assert first.poll() is None, first.communicate()[0].decode()[-3000:]
@@ -246,7 +250,7 @@ def test_sigkill_mid_trial_then_the_same_command_finishes_the_study(workspace, t
     storage = f"sqlite:///{tmp}/optuna.db"
     parent_before = optuna.load_study(study_name="killed", storage=storage).user_attrs[PARENT_ATTR]
 
-    again = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=180)
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"trial {killed}: its worker process stopped" in again.stderr
 
@@ -279,13 +283,15 @@ def one_trial_study(workspace, tiny_bert, monkeypatch, request) -> Path:
     return path
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # study.ask
 def test_dead_workers_trials_fail_at_start_even_with_no_trial_left_to_run(one_trial_study):
     """Three RUNNING trials whose workers are gone or late, in a study that has reached
     its target, so that no trial starts (Optuna's own check runs only before a trial):
     running the study again must still settle each one, and settle it right:
 
     * a worker on another machine (lease not visible here) that stopped beating: FAIL;
-    * a dead worker on this machine (its lease is free): FAIL at once, heartbeat fresh;
+    * a dead worker on this machine (its lease is free) that never beat, which the
+      heartbeat alone would leave RUNNING forever: FAIL;
     * a live worker on this machine whose beats are late (overloaded): left RUNNING.
     """
     config = load_config(one_trial_study)
@@ -307,7 +313,6 @@ def test_dead_workers_trials_fail_at_start_even_with_no_trial_left_to_run(one_tr
             storage.record_heartbeat(trial._trial_id)
         trials[role] = (trial.number, run_id)
     time.sleep(3 * HEARTBEAT_S + 1.5)  # SQLite's clock has 1 s steps
-    storage.record_heartbeat(study.trials[trials["dead"][0]]._trial_id)  # fresh beat
 
     summary = run_study(one_trial_study, progress=False)
 
@@ -429,7 +434,6 @@ def test_workers_and_a_copy_started_at_once_share_one_study(tmp_path, tiny_bert)
     procs = [
         subprocess.Popen(
             _cli("study", "run", str(path), "--storage", storage, "--quiet", *extra),
-            env=_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -467,3 +471,43 @@ def test_workers_and_a_copy_started_at_once_share_one_study(tmp_path, tiny_bert)
         assert child.data.metrics["val_auc"] == pytest.approx(trial.value)
         curve = client.get_metric_history(child.info.run_id, "train_loss")
         assert [p.step for p in curve] == [0, 1]
+
+
+def test_copies_that_reach_a_new_study_at_once_elect_one_parent(workspace, tiny_bert, monkeypatch):
+    """Three copies open a new study at the same instant (a barrier in front of the
+    create), the race the user attribute alone would lose: one creates the study and
+    its parent run, the others wait for that run and use it. Threads stand in for the
+    processes: they share nothing but the stores."""
+    import harness.study
+
+    run_study(_study(workspace, tiny_bert, "warm-up", n_trials=1, epochs=1), progress=False)
+    path = _study(workspace, tiny_bert, "election", n_trials=2, epochs=1)
+    storage = f"journal:///{workspace[0]}/election.log"
+    barrier = threading.Barrier(3)
+    real_open = harness.study._open_study
+
+    def open_together(*args, **kwargs):
+        barrier.wait(timeout=60)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(harness.study, "_open_study", open_together)
+    results: list = []
+
+    def copy() -> None:
+        try:
+            results.append(run_study(path, storage=storage, progress=False))
+        except Exception as exc:  # reported by the assertion below
+            results.append(exc)
+
+    threads = [threading.Thread(target=copy) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(isinstance(r, harness.study.StudySummary) for r in results), results
+    assert len({r.parent_run_id for r in results}) == 1
+    _, parents, children = _runs(load_config(path).tracking_uri, "election")
+    assert [p.info.run_id for p in parents] == [results[0].parent_run_id]
+    study = optuna.load_study(study_name="election", storage=make_storage(storage))
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 2
+    assert len(children) == len([t for t in study.trials if "mlflow_run_id" in t.user_attrs])

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -125,6 +126,27 @@ def mlflow_server(databases, tmp_path) -> Iterator[str]:
 
 def _tail(path: Path, chars: int = 3000) -> str:
     return path.read_text()[-chars:]
+
+
+def test_workers_opening_a_new_database_at_once_all_get_the_storage(databases):
+    """Their first connections race to create Optuna's tables; the losers must retry,
+    not stop with PostgreSQL's duplicate-key error."""
+    barrier = threading.Barrier(4)
+    results: list = []
+
+    def open_storage() -> None:
+        barrier.wait(timeout=30)
+        try:
+            results.append(make_storage(databases["optuna"]))
+        except Exception as exc:  # reported by the assertion below
+            results.append(exc)
+
+    threads = [threading.Thread(target=open_storage) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 4 and not [r for r in results if isinstance(r, Exception)], results
 
 
 def test_two_workers_on_postgresql_and_an_mlflow_server(
