@@ -4,6 +4,7 @@ and its warm attention cache, and running a study file in a child process."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -99,8 +100,7 @@ class Context:
     def tmp(self, name: str) -> Path:
         """A fresh, empty folder in the work dir."""
         path = self.workdir / "tmp" / name
-        if path.exists():
-            subprocess.run(["rm", "-rf", str(path)], check=True)
+        shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
         return path
 

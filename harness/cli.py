@@ -87,14 +87,11 @@ def _url(check: Callable[[str], str]) -> Callable[[str], str]:
 
 def _require_store(url: str, flag: str, what: str) -> None:
     """Reading from a local store that does not exist is a mistake to report, not an empty
-    database to create (paths as ``harness.storage.make_storage`` reads them)."""
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-    elif url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:").removeprefix("//"))
-    else:
-        return
-    if not path.exists():
+    database to create."""
+    from harness.storage import local_path
+
+    path = local_path(url)
+    if path is not None and not path.exists():
         raise HarnessError(
             f"no {what} at {path} ({url}); run a study first or pass {flag} with the right URL"
         )
@@ -123,7 +120,6 @@ def cmd_study_run(args: argparse.Namespace) -> int:
         storage=args.storage,
         tracking_uri=args.tracking_uri,
         workers=args.workers,
-        worker_index=args.worker_index,
         progress=not args.quiet,
     )
     if args.worker_index:

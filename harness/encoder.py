@@ -46,12 +46,6 @@ def resolve_encoder_path(name: str) -> Path:
                 f"encoder directory {path} has no config.json; point 'encoder' at a directory "
                 "saved with save_pretrained, or use 'minilm' (the packaged default)"
             )
-        if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-            raise HarnessError(
-                f"encoder directory {path} has no weights (model.safetensors or "
-                "pytorch_model.bin); re-save it with save_pretrained, or use 'minilm' "
-                "(the packaged default)"
-            )
         return path
     try:
         from huggingface_hub import snapshot_download
@@ -137,21 +131,6 @@ class Encoder:
             hf_logging.enable_progress_bar()
         return model.to(self.device).eval()
 
-    def check_layers_heads(self, layers: list[int], heads: list[int] | None, where: str) -> None:
-        """Fail early, naming the study key, when indices do not exist in this encoder."""
-        bad = [layer for layer in layers if not 0 <= layer < self.num_layers]
-        if bad:
-            raise HarnessError(
-                f"{where}: layer(s) {bad} out of range for encoder {self.name!r} which has "
-                f"{self.num_layers} layers (valid: 0..{self.num_layers - 1})"
-            )
-        bad = [h for h in heads or [] if not 0 <= h < self.num_heads]
-        if bad:
-            raise HarnessError(
-                f"{where}: head(s) {bad} out of range for encoder {self.name!r} which has "
-                f"{self.num_heads} heads per layer (valid: 0..{self.num_heads - 1})"
-            )
-
 
 def load_encoder(name: str = DEFAULT_ENCODER, device: str = "cpu") -> Encoder:
     """Resolve ``name`` (alias, local directory or hub name) and check it is a readable
@@ -160,8 +139,16 @@ def load_encoder(name: str = DEFAULT_ENCODER, device: str = "cpu") -> Encoder:
     try:
         encoder.config  # noqa: B018 - read it now so a broken directory fails here, clearly
     except Exception as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise HarnessError(
-            f"cannot read encoder config in {encoder.path}: {exc}; re-save it with "
+            f"cannot read encoder config in {encoder.path}: {reason}; re-save it with "
             "save_pretrained or use 'minilm'"
         ) from None
+    path = encoder.path
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise HarnessError(
+            f"encoder directory {path} has no weights (model.safetensors or "
+            "pytorch_model.bin); re-save it with save_pretrained, or use 'minilm' "
+            "(the packaged default)"
+        )
     return encoder

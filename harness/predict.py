@@ -23,6 +23,7 @@ from harness.classifiers import ClassifierSpec, build_classifier
 from harness.encoder import Encoder, load_encoder
 from harness.errors import HarnessError
 from harness.features import FeatureSpec, reduce_maps
+from harness.storage import sqlalchemy_url
 from harness.tracking import get_run_or_fail
 from harness.train import predict_logits, sigmoid
 
@@ -97,7 +98,7 @@ def parse_run_ref(ref: str) -> str:
 def load_run(run_id: str, tracking_uri: str | None = None, device: str = "cpu") -> LoadedRun:
     """Rebuild trial ``run_id`` (or ``runs:/ID``) from its logged artifacts."""
     run_id = parse_run_ref(run_id)
-    uri = tracking_uri or default_tracking_uri()
+    uri = sqlalchemy_url(tracking_uri or default_tracking_uri())
     check_tracking_uri(uri)
     client = MlflowClient(uri)
     get_run_or_fail(client, run_id)

@@ -193,6 +193,15 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
+def local_path(url: str) -> Path | None:
+    """The file behind a ``sqlite:///`` or ``journal:///`` URL, read like SQLAlchemy reads
+    SQLite URLs: three slashes then a relative path, four for an absolute one."""
+    for scheme in ("sqlite:///", "journal:///"):
+        if url.startswith(scheme):
+            return Path(url.removeprefix(scheme))
+    return None
+
+
 def make_storage(
     url: str, on_stale: StaleCallback | None = None, lease: WorkerLease | None = None
 ) -> optuna.storages.BaseStorage:
@@ -204,7 +213,7 @@ def make_storage(
     interval = heartbeat_interval()
     grace = 3 * interval
     if url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:").removeprefix("//"))
+        path = local_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
         storage = JournalFileStorage(path, interval, grace, on_stale)
         storage.lease = lease

@@ -33,18 +33,27 @@ from harness.config import (
     Range,
     SearchConfig,
     StudyConfig,
+    check_encoder,
     choices,
     head_choices,
     layer_choices,
     load_study_file,
     parse_study,
+    validate_storage_url,
+    validate_tracking_uri,
 )
 from harness.data import Dataset, Split, load_dataset, make_split
 from harness.encoder import load_encoder
 from harness.errors import HarnessError
 from harness.features import FeatureSpec
 from harness.metrics import METRICS, bootstrap_ci, compute_metrics
-from harness.storage import WORKER_ATTR, WorkerLease, heartbeat_interval, make_storage
+from harness.storage import (
+    WORKER_ATTR,
+    WorkerLease,
+    heartbeat_interval,
+    local_path,
+    make_storage,
+)
 from harness.threads import train_threads
 from harness.tracking import Tracker, dumps
 from harness.train import TrainSettings, predict_logits, seed_everything, sigmoid, train
@@ -414,7 +423,6 @@ def run_study(
     storage: str | None = None,
     tracking_uri: str | None = None,
     workers: int = 1,
-    worker_index: int = 0,
     progress: bool = True,
 ) -> StudySummary:
     """Run (or continue) a study until it has ``n_trials`` finished trials.
@@ -423,8 +431,7 @@ def run_study(
     With ``workers > 1`` this process prepares the study (cache, Optuna study, parent
     run), then starts ``workers - 1`` more processes on the same storage and works too.
     Independent copies of the same command (one per machine) share the study the same
-    way. ``worker_index`` only marks a helper started by ``--workers`` (the CLI keeps it
-    quiet); it no longer changes the draws, which are seeded per trial.
+    way.
     """
     if isinstance(study_file, StudyConfig):
         config, text, where = study_file, study_file.model_dump_json(indent=2), "<config>"
@@ -449,14 +456,16 @@ def run_study(
             "(one machine) or --storage postgresql://user@host/db"
         )
     tracking = tracking_uri or config.tracking_uri
+    try:
+        storage_url = validate_storage_url(storage_url)
+        tracking = validate_tracking_uri(tracking)
+    except ValueError as exc:
+        raise HarnessError(str(exc)) from None
 
     torch.set_num_threads(train_threads())
     # 1. validate everything that needs no side effects
     encoder = load_encoder(config.encoder.name)
-    for layers in layer_choices(config.search.layers):
-        encoder.check_layers_heads(list(layers), None, f"{where}: search.layers")
-    for heads in head_choices(config.search.heads):
-        encoder.check_layers_heads([], list(heads or []), f"{where}: search.heads")
+    check_encoder(config, encoder)
     d = config.data
     dataset = load_dataset(
         d.dataset,
@@ -475,8 +484,10 @@ def run_study(
         seed=config.split.seed,
         group_by=config.split.group_by,
     )
-    optuna_storage = make_storage(storage_url, on_stale=lambda s, t: None)
-    existing = _existing_study(optuna_storage, config.name)
+    store_file = local_path(storage_url)
+    existing = None
+    if store_file is None or store_file.exists():  # never create a store just to look
+        existing = _existing_study(make_storage(storage_url), config.name)
     if existing is not None:
         _check_continuation(existing, dataset, split, where)
         if n_finished(existing) >= target:
