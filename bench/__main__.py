@@ -14,9 +14,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
-
-import torch
 
 from bench.bootstrap import row_bootstrap
 from bench.common import ROOT, Context, Row, load_average, log
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
-            "torch": torch.__version__,
+            "torch": version("torch"),
             "extraction_threads": extraction_threads(),
             "train_threads": train_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),

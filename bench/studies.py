@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -82,10 +85,11 @@ def row_pruning(ctx: Context) -> list[Row]:
     }
     log(f"row 7: babe-quick, pruning on and off, {n_trials} trials each, taking turns")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with num_threads(train_threads()):
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    with num_threads(train_threads()), contextlib.redirect_stdout(io.StringIO()):
         for k in range(1, n_trials + 1):
             for path in files.values():
-                run_study(path, n_trials=k, progress=False)
+                run_study(path, n_trials=k, progress=False)  # its trial lines go nowhere
     on, off = (read_study(files[k], span=False) for k in ("on", "off"))
     saved = 1 - ratio(on.trial_seconds, off.trial_seconds)
     values = {
