@@ -7,8 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,7 +92,11 @@ class Context:
         is what every trial sees; extraction itself is measured in row 1)."""
         log("opening (or extracting once) the MiniLM cache of all BABE")
         return extract_attention(
-            self.encoder, self.dataset.texts, max_len=MAX_LEN, cache_dir=self.cache_dir
+            self.encoder,
+            self.dataset.texts,
+            max_len=MAX_LEN,
+            cache_dir=self.cache_dir,
+            progress=False,
         )
 
     def tmp(self, name: str) -> Path:
@@ -127,40 +129,54 @@ def write_study(source: Path | dict, folder: Path, **overrides) -> Path:
 @dataclass
 class ChildRun:
     seconds: float
-    peak_rss_bytes: int
     output: str
 
 
 def run_child(
     args: list[str], env: dict[str, str | None] | None = None, timeout: float = 900
 ) -> ChildRun:
-    """Run a command; return its wall time, output and peak RSS. ``wait4`` reports the
-    peak of this child (and of any children it waited for) alone, whereas
-    ``RUSAGE_CHILDREN`` keeps the largest child this process ever had. ``env`` adds to
-    this process's environment; a value of None removes the variable."""
+    """Run a command to completion; its wall time and output. ``env`` adds to this
+    process's environment; a value of None removes the variable."""
     child_env = {**os.environ, **(env or {})}
-    child_env = {k: v for k, v in child_env.items() if v is not None}
-    with tempfile.TemporaryFile("w+") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(args, cwd=ROOT, env=child_env, stdout=out, stderr=out, text=True)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-        seconds = time.perf_counter() - start
-        out.seek(0)
-        output = out.read()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}):\n{output[-3000:]}")
-    return ChildRun(seconds, usage.ru_maxrss * 1024, output)  # ru_maxrss is in KiB
+    start = time.perf_counter()
+    done = subprocess.run(
+        args,
+        cwd=ROOT,
+        env={k: v for k, v in child_env.items() if v is not None},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}")
+    return ChildRun(time.perf_counter() - start, done.stdout)
+
+
+#: ``harness ARGS`` that prints its own peak RSS (VmHWM) on exit. Not ru_maxrss from
+#: wait4: Linux carries the forking parent's high-water mark over exec into the child's,
+#: so a child of this (large) bench process reported the bench's own peak.
+HARNESS_WITH_PEAK = """
+import atexit, runpy
+def report():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            print("PEAK_RSS_KB", line.split()[1], flush=True)
+atexit.register(report)
+runpy.run_module("harness", run_name="__main__")
+"""
 
 
 def harness_cli(*args: str, env: dict[str, str | None] | None = None) -> ChildRun:
     """``harness ARGS`` in a child process."""
-    return run_child([sys.executable, "-m", "harness", *args], env)
+    return run_child([sys.executable, "-c", HARNESS_WITH_PEAK, *args], env)
+
+
+def peak_rss_bytes(run: ChildRun) -> int:
+    """The peak RSS a ``harness_cli`` child reported: its main process only (``--workers``
+    helpers are separate processes)."""
+    lines = [line for line in run.output.splitlines() if line.startswith("PEAK_RSS_KB ")]
+    return int(lines[-1].split()[1]) * 1024
 
 
 def ratio(a: float, b: float) -> float:

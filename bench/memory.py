@@ -5,7 +5,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from bench.common import LAYERS, MAX_LEN, Context, Row, harness_cli, log, write_study
+from bench.common import (
+    LAYERS,
+    MAX_LEN,
+    Context,
+    Row,
+    harness_cli,
+    log,
+    peak_rss_bytes,
+    write_study,
+)
 from harness.attention import tokenize
 from harness.data import load_dataset
 from harness.encoder import resolve_encoder_path
@@ -64,7 +73,7 @@ def study_peak_gb(ctx: Context, name: str, encoder: str, max_rows: int | None) -
     log(f"row 4: study process with {name} on {max_rows or 'all'} sentences")
     run = harness_cli("study", "run", str(study), "--quiet")
     shutil.rmtree(folder / "cache", ignore_errors=True)
-    return run.peak_rss_bytes / GB
+    return peak_rss_bytes(run) / GB
 
 
 def row_memory(ctx: Context) -> list[Row]:
