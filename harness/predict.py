@@ -102,6 +102,7 @@ def load_run(run_id: str, tracking_uri: str | None = None, device: str = "cpu") 
     check_tracking_uri(uri)
     client = MlflowClient(uri)
     get_run_or_fail(client, run_id)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = mlflow.artifacts.download_artifacts(
