@@ -1,20 +1,25 @@
-"""torch thread settings, chosen deliberately (measured in BENCHMARKS.md, rows 1 and 8).
+"""torch thread settings, chosen deliberately (measured in BENCHMARKS.md, rows 1, 3, 8).
 
-Three decisions, each with the measurement behind it:
+Four decisions, each with the measurement behind it:
 
 * **Waiting OpenMP threads sleep** (``OMP_WAIT_POLICY=PASSIVE``). torch's OpenMP runtime
-  (GNU libgomp) by default spins a thread that waits at the end of a parallel region. With
-  another busy process on a 2-core machine the spinning thread steals the core its partner
-  needs, so a 2-thread backward step of a small GRU ran 20-40× slower than with 1 thread.
-  Sleeping waiters remove that cliff. libgomp reads the variable once, when torch loads
-  it, so this module sets it before importing torch and ``harness.attention`` (the first
-  module the package imports) imports this module before torch. A value the user set
-  wins; a notebook that imported torch before harness keeps torch's default.
-* **Extraction uses every core**: the encoder's matrix products are large enough to
-  split (``HARNESS_EXTRACT_THREADS``, default: all cores).
-* **Training uses one thread per process** (``HARNESS_NUM_THREADS``, default 1): the
-  readers' many tiny ops gain nothing from a second thread, while a second process
-  doubles trial throughput. Parallel trials therefore use processes (``--workers 2``).
+  (GNU libgomp) by default spins a thread that waits at the end of a parallel region.
+  When another process holds the other core of a 2-core machine, the spinning thread
+  steals the time its partner needs: a 2-thread training step of a small GRU ran 2×
+  slower than with sleeping waiters next to one busy process, and 10-25× slower than
+  on 1 thread while other engineers' test runs loaded the machine. Extraction on 2
+  threads under that load ran at 16-20 sentences/s spinning and 37-44 sleeping. libgomp
+  reads the variable once, when torch is first imported, so this module sets it before
+  its own ``import torch`` and ``harness.attention`` imports this module before torch;
+  a process that imported torch earlier keeps libgomp's default. A user's value wins,
+  and child processes (``--workers``) inherit it.
+* **Extraction uses every core** (``HARNESS_EXTRACT_THREADS``, default: all): the
+  encoder's matrix products are large enough to split.
+* **Training and feature building use one thread per process** (``HARNESS_NUM_THREADS``,
+  default 1): their many small ops gain nothing from a second thread but its wake-ups
+  (feature building took 0.5 s on 1 thread and 2-12 s on 2 with a core busy).
+* **Parallel trials use processes** (``--workers 2``): 2 processes × 1 thread ran 1.9×
+  the trials per hour of 1 process × 2 threads.
 """
 
 from __future__ import annotations
