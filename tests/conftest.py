@@ -13,6 +13,15 @@ import pytest
 from harness.encoder import resolve_encoder_path
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: a second OpenMP thread only adds waiting (see harness/threads.py)."""
+    from harness.threads import num_threads
+
+    with num_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def babe_dir() -> Path:
     """BABE is required, not optional: CI sets HARNESS_DATA_DIR=../shared/data."""

@@ -19,13 +19,7 @@ VARIANTS = [(k, p, False) for k in KINDS for p in POOLINGS] + [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: extra OpenMP threads only spin, badly so on a shared CI box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_spec(kind: str, pooling: str = "last", bidirectional: bool = False) -> ClassifierSpec:

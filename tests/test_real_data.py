@@ -41,7 +41,11 @@ def test_minilm_on_babe_subset_two_trials(tmp_path, babe_dir):
     env = {**os.environ, "HARNESS_DATA_DIR": str(babe_dir)}
     out = subprocess.run(
         [sys.executable, "-m", "harness", "study", "run", str(study)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "best trial" in out.stdout and "95% CI" in out.stdout
@@ -62,9 +66,22 @@ def test_minilm_on_babe_subset_two_trials(tmp_path, babe_dir):
     # a logged trial predicts on new sentences in a fresh process
     best = out.stdout.split("harness predict ")[1].split()[0]
     pred = subprocess.run(
-        [sys.executable, "-m", "harness", "predict", best, "The senator's outrageous lie.",
-         "The bill passed on Tuesday.", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "predict",
+            best,
+            "The senator's outrageous lie.",
+            "The bill passed on Tuesday.",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/mlflow.db",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert pred.returncode == 0, pred.stderr[-2000:]
     probs = [float(line.split("\t")[0]) for line in pred.stdout.strip().splitlines()]
