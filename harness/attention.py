@@ -340,8 +340,10 @@ def extract_attention(
 def _write_entry(
     encoder: Encoder, texts: list[str], max_len: int, batch_size: int, final: Path, progress: bool
 ) -> None:
+    # only the lock holder writes, so any other half-written entry is a killed writer's
+    for stale in final.parent.glob(f"{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     log.info(
         "extracting attention of %d sentences with %s into %s", len(texts), encoder.name, final

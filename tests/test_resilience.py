@@ -201,6 +201,7 @@ def test_a_half_written_entry_is_never_read(tmp_path, encoder, texts, caplog, mo
     assert cache.path == root / key
     cache.verify()
     np.testing.assert_array_equal(cache.features([0, 1], "all", "max")[0], reference)
+    assert not list(root.glob(f"{key}.tmp-*"))  # the killed writer's leftovers are gone
 
 
 # --- crash and resume ----------------------------------------------------------------------
