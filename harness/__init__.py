@@ -5,8 +5,13 @@ Names load lazily, so ``harness --help`` or a mistyped flag answers without firs
 importing torch, MLflow and Optuna.
 """
 
+import os
 from importlib import import_module
 from typing import TYPE_CHECKING
+
+# OpenMP threads that wait must sleep, not spin (harness/threads.py says why). libgomp
+# reads this once, when torch loads, so it is set before any harness module imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

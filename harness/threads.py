@@ -9,9 +9,9 @@ Four decisions, each with the measurement behind it:
   slower than with sleeping waiters next to one busy process, and 10-25× slower than
   on 1 thread while other engineers' test runs loaded the machine. Extraction on 2
   threads under that load ran at 16-20 sentences/s spinning and 37-44 sleeping. libgomp
-  reads the variable once, when torch is first imported, so this module sets it before
-  its own ``import torch`` and ``harness.attention`` imports this module before torch;
-  a process that imported torch earlier keeps libgomp's default. A user's value wins,
+  reads the variable once, when torch is first imported, so ``harness/__init__.py``
+  sets it before any harness module imports torch; a process that imported torch
+  earlier keeps libgomp's default. A user's value wins,
   and child processes (``--workers``) inherit it.
 * **Extraction uses every core** (``HARNESS_EXTRACT_THREADS``, default: all): the
   encoder's matrix products are large enough to split.
@@ -25,13 +25,10 @@ Four decisions, each with the measurement behind it:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-
-import torch  # noqa: E402
+import torch
 
 
 def extraction_threads() -> int:
