@@ -12,15 +12,13 @@ lets extraction write and feature building reduce whole runs of sentences in one
 Longest first because the first batch then makes the largest allocations and every later,
 smaller one fits into memory already freed: in increasing order each batch needed a little
 more than any freed block and the heap grew batch after batch (peak RSS of a MiniLM study
-1.60 → 1.24 GB, BENCHMARKS.md row 4). No padding is stored. Files
-are written in a temporary directory and renamed into place, under a file lock, so a
-reader never sees half an entry and two processes never extract the same entry twice.
+1.60 → 1.24 GB, BENCHMARKS.md row 4). No padding is stored. Files are written in a
+temporary directory and renamed into place, under a file lock, so a reader never sees
+half an entry and two processes never extract the same entry twice.
 """
 
 from __future__ import annotations
 
-# harness.threads comes first: it sets OMP_WAIT_POLICY, which libgomp reads once, when torch loads.
-from harness.threads import extraction_threads, num_threads, train_threads  # isort: skip
 import hashlib
 import json
 import logging
@@ -38,6 +36,7 @@ from tqdm.auto import tqdm
 from harness.encoder import Encoder, load_encoder
 from harness.errors import HarnessError
 from harness.features import FeatureSpec, parse_heads, reduce_maps
+from harness.threads import extraction_threads, num_threads, train_threads
 
 log = logging.getLogger("harness")
 

@@ -11,8 +11,8 @@ Four decisions, each with the measurement behind it:
   threads under that load ran at 16-20 sentences/s spinning and 37-44 sleeping. libgomp
   reads the variable once, when torch is first imported, so ``harness/__init__.py``
   sets it before any harness module imports torch; a process that imported torch
-  earlier keeps libgomp's default. A user's value wins,
-  and child processes (``--workers``) inherit it.
+  earlier keeps libgomp's default. A user's value wins, and child processes
+  (``--workers``) inherit it.
 * **Extraction uses every core** (``HARNESS_EXTRACT_THREADS``, default: all): the
   encoder's matrix products are large enough to split.
 * **Training and feature building use one thread per process** (``HARNESS_NUM_THREADS``,
