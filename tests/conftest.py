@@ -13,6 +13,24 @@ import pytest
 from harness.encoder import resolve_encoder_path
 
 
+def wait_until_healthy(url: str, proc, timeout: float) -> bool:
+    """Poll ``url/health`` until it answers 200 (True), or ``proc`` exits or ``timeout``
+    seconds pass (False): MLflow servers take from seconds to a minute to start."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models: a second OpenMP thread only adds waiting (see harness/threads.py)."""

@@ -17,8 +17,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +31,7 @@ from optuna.trial import TrialState
 from harness import load_run
 from harness.storage import make_storage, sqlalchemy_url
 from harness.study import PARENT_ATTR
-from tests.conftest import study_yaml, write_synthetic_csv
+from tests.conftest import study_yaml, wait_until_healthy, write_synthetic_csv
 
 POSTGRES = os.environ.get("HARNESS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 N_TRIALS = 4
@@ -100,19 +98,8 @@ def mlflow_server(databases, tmp_path) -> Iterator[str]:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"mlflow server did not start:\n{_tail(tmp_path / 'mlflow-server.log')}"
-                )
-            time.sleep(0.5)
+        if not wait_until_healthy(url, server, 180):
+            pytest.fail(f"mlflow server did not start:\n{_tail(tmp_path / 'mlflow-server.log')}")
         yield url
     finally:
         os.killpg(server.pid, signal.SIGTERM)

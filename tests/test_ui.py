@@ -7,12 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
-from tests.conftest import study_yaml, write_synthetic_csv
+from tests.conftest import study_yaml, wait_until_healthy, write_synthetic_csv
 
 
 def _free_port() -> int:
@@ -63,16 +62,8 @@ def test_ui_serves_the_store_on_loopback_only(tmp_path, tiny_bert):
         start_new_session=True,
     )
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "the UI did not answer within 120 s"
-            time.sleep(1)
+        url = f"http://127.0.0.1:{port}"
+        assert wait_until_healthy(url, proc, 120), "the UI did not answer within 120 s"
         req = urllib.request.Request(
             f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search",
             data=b'{"max_results": 10}',
