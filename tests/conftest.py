@@ -40,6 +40,12 @@ def one_thread():
         yield
 
 
+# The README and CI give HARNESS_DATA_DIR relative to the project (../shared/data); tests
+# run subprocesses in temporary folders, so make it absolute once, for all of them.
+if os.environ.get("HARNESS_DATA_DIR"):
+    os.environ["HARNESS_DATA_DIR"] = str(Path(os.environ["HARNESS_DATA_DIR"]).resolve())
+
+
 @pytest.fixture(scope="session")
 def babe_dir() -> Path:
     """BABE is required, not optional: CI sets HARNESS_DATA_DIR=../shared/data."""
