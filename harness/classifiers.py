@@ -2,17 +2,22 @@
 
 A sentence arrives as a [T, F] matrix whose row i is token i's attention over positions,
 plus its true length n; rows >= n are zero padding. Every kind (GRU, LSTM, transformer) is
-written so that padding never reaches the output: RNNs run on packed sequences, the
-transformer masks padded keys, and all poolings look at valid positions only. That makes a
-sentence's logit the same whether its batch is padded to its own length or to ``max_len``,
-which is what lets training bucket batches by length.
+written so that padding never reaches the output: an RNN's state at step t < n depends on
+rows <= t only (the backward direction reads each sentence reversed within its own length),
+the transformer masks padded keys, and all poolings look at valid positions only. That
+makes a sentence's logit the same whether its batch is padded to its own length or to
+``max_len``, which is what lets training bucket batches by length.
+
+RNNs run dense (one fused call per layer and direction) rather than on packed sequences:
+on a CPU a packed GRU or LSTM steps through hundreds of small ops and ran 2-5x slower than
+the dense call over the same batch, padding included.
 """
 
+import re
 from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 KINDS = ("gru", "lstm", "transformer")
 POOLINGS = ("last", "mean", "attention")
@@ -95,16 +100,18 @@ class AttentionReader(nn.Module):
             out_size = h
         else:
             rnn = nn.GRU if spec.kind == "gru" else nn.LSTM
-            self.rnn = rnn(
-                input_size,
-                h,
-                spec.num_layers,
-                batch_first=True,
-                # PyTorch applies RNN dropout between layers only (and warns when there are none).
-                dropout=spec.dropout if spec.num_layers > 1 else 0.0,
-                bidirectional=spec.bidirectional,
+            dirs = 2 if spec.bidirectional else 1
+            out_size = h * dirs
+            # layers[i][d]: layer i, direction d (0 forward, 1 backward). Stacked by hand, not
+            # as one bidirectional nn.GRU, so the backward direction can read each sentence
+            # reversed within its length; dropout goes between layers, as in nn.GRU.
+            self.layers = nn.ModuleList(
+                nn.ModuleList(
+                    rnn(input_size if i == 0 else out_size, h, batch_first=True)
+                    for _ in range(dirs)
+                )
+                for i in range(spec.num_layers)
             )
-            out_size = h * (2 if spec.bidirectional else 1)
         if spec.pooling == "attention":
             self.attn = nn.Linear(out_size, out_size)
             self.attn_v = nn.Linear(out_size, 1, bias=False)
@@ -126,14 +133,7 @@ class AttentionReader(nn.Module):
             states = self.encoder(z, src_key_padding_mask=~valid)
             last = states[torch.arange(B, device=x.device), lengths_dev - 1]
         else:
-            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-            out, h_n = self.rnn(packed)
-            if isinstance(h_n, tuple):  # LSTM returns (h_n, c_n)
-                h_n = h_n[0]
-            states, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
-            # h_n is [layers * dirs, B, H] in batch order; a packed backward pass ends at step 0.
-            dirs = 2 if self.spec.bidirectional else 1
-            last = h_n[-dirs:].transpose(0, 1).reshape(B, -1)
+            states, last = self._read(x, lengths_dev)
 
         if self.spec.pooling == "last":
             pooled = last
@@ -145,6 +145,47 @@ class AttentionReader(nn.Module):
             weights = scores.masked_fill(~valid, float("-inf")).softmax(dim=1)
             pooled = (weights.unsqueeze(-1) * states).sum(1)
         return self.head(self.drop(pooled)).squeeze(-1)
+
+    def _read(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """RNN states [B, T, D] (garbage at steps >= n) and each sentence's final state [B, D]:
+        the forward direction's at step n - 1, the backward direction's at step 0."""
+        h = self.spec.hidden_size
+        states = x
+        for i, directions in enumerate(self.layers):
+            if i:
+                states = nn.functional.dropout(states, self.spec.dropout, self.training)
+            outs = [directions[0](states)[0]]
+            if len(directions) == 2:
+                backward = directions[1](reverse_within(states, lengths))[0]
+                outs.append(reverse_within(backward, lengths))
+            states = torch.cat(outs, dim=-1)
+        at_end = states[torch.arange(len(x), device=x.device), lengths - 1]  # [B, D]
+        if len(self.layers[-1]) == 2:
+            # the backward direction ends at step 0, where its state is already in `states`
+            at_end = torch.cat([at_end[:, :h], states[:, 0, h:]], dim=-1)
+        return states, at_end
+
+
+def reverse_within(x: Tensor, lengths: Tensor) -> Tensor:
+    """Each row of ``x`` [B, T, F] with its first n steps reversed and the padding left in
+    place, so a left-to-right RNN reads the sentence backwards and never sees padding first.
+    Applying it twice gives ``x`` back."""
+    t = torch.arange(x.shape[1], device=x.device)
+    n = lengths[:, None]
+    index = torch.where(t < n, n - 1 - t, t)  # [B, T]
+    return x.gather(1, index.unsqueeze(-1).expand_as(x))
+
+
+def upgrade_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename the weights of an RNN reader saved as one ``nn.GRU``/``nn.LSTM`` (``rnn.*``,
+    harness before dense RNNs) to the hand-stacked layout; other keys pass unchanged."""
+    pattern = re.compile(r"rnn\.(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
+    upgraded = {}
+    for key, value in state.items():
+        if m := pattern.match(key):
+            key = f"layers.{m[2]}.{1 if m[3] else 0}.{m[1]}_l0"
+        upgraded[key] = value
+    return upgraded
 
 
 def build_classifier(spec: ClassifierSpec, input_size: int, max_len: int) -> nn.Module:

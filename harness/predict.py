@@ -19,7 +19,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from harness.attention import iter_attention
-from harness.classifiers import ClassifierSpec, build_classifier
+from harness.classifiers import ClassifierSpec, build_classifier, upgrade_state_dict
 from harness.encoder import Encoder, load_encoder
 from harness.errors import HarnessError
 from harness.features import FeatureSpec, reduce_maps
@@ -125,6 +125,6 @@ def load_run(run_id: str, tracking_uri: str | None = None, device: str = "cpu") 
     model = build_classifier(
         ClassifierSpec.from_dict(config["classifier"]), config["input_size"], config["max_len"]
     )
-    model.load_state_dict(state)
+    model.load_state_dict(upgrade_state_dict(state))
     model.eval()
     return LoadedRun(run_id, config, model, encoder)

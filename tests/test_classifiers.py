@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from harness.classifiers import (
     KINDS,
@@ -9,6 +10,8 @@ from harness.classifiers import (
     AttentionReader,
     ClassifierSpec,
     build_classifier,
+    reverse_within,
+    upgrade_state_dict,
 )
 
 MAX_LEN = 80
@@ -75,19 +78,43 @@ def test_logit_does_not_depend_on_padding(kind, pooling, bidirectional):
 
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_rnn_last_pooling_reads_top_layer_final_states(kind, bidirectional):
-    """Pooling "last" = the top layer's forward state at step n-1 (+ backward state at step 0)."""
+def test_dense_rnn_equals_pytorchs_packed_rnn_with_the_same_weights(kind, bidirectional):
+    """The hand-stacked dense RNN computes what one 2-layer nn.GRU/nn.LSTM computes on packed
+    sequences: the same states at every valid step, and "last" pooling reads the top layer's
+    forward state at step n-1 and backward state at step 0. Loading the nn.GRU's weights
+    through upgrade_state_dict is also how weights saved in the old layout are read."""
     torch.manual_seed(0)
-    model = build_classifier(make_spec(kind, "last", bidirectional), MAX_LEN, MAX_LEN).eval()
-    n, H = 9, model.spec.hidden_size
-    x = random_rows([n, 40], 40, torch.Generator().manual_seed(0))
+    spec = make_spec(kind, "last", bidirectional)
+    H = spec.hidden_size
+    rnn = (torch.nn.GRU if kind == "gru" else torch.nn.LSTM)(
+        MAX_LEN, H, 2, batch_first=True, bidirectional=bidirectional
+    ).eval()
+    model = build_classifier(spec, MAX_LEN, MAX_LEN).eval()
+    old_layout = {f"rnn.{k}": v for k, v in rnn.state_dict().items()}
+    old_layout |= {k: v for k, v in model.state_dict().items() if not k.startswith("layers.")}
+    model.load_state_dict(upgrade_state_dict(old_layout))
+
+    lengths = torch.tensor([9, 40, 1, 23])
+    x = random_rows(lengths.tolist(), 40, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        logits = model(x, torch.tensor([n, 40]))
-        out, _ = model.rnn(x[:1, :n])  # one unpadded sentence: no packing needed
-        last = out[0, n - 1, :H]
-        if bidirectional:
-            last = torch.cat([last, out[0, 0, H:]])
-        torch.testing.assert_close(logits[0], model.head(last)[0], atol=1e-5, rtol=0)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, h_n = rnn(packed)
+        h_n = h_n[0] if kind == "lstm" else h_n
+        ref_states, _ = pad_packed_sequence(out, batch_first=True, total_length=40)
+        ref_last = h_n[-(2 if bidirectional else 1) :].transpose(0, 1).reshape(4, -1)
+        states, last = model._read(x, lengths)
+        logits = model(x, lengths)
+    valid = (torch.arange(40) < lengths[:, None]).unsqueeze(-1)
+    torch.testing.assert_close(states * valid, ref_states, atol=1e-5, rtol=0)
+    torch.testing.assert_close(last, ref_last, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits, model.head(ref_last).squeeze(-1), atol=1e-5, rtol=0)
+
+
+def test_reverse_within_reverses_each_sentence_and_keeps_the_padding():
+    x = torch.arange(2 * 5, dtype=torch.float32).reshape(2, 5, 1)
+    rev = reverse_within(x, torch.tensor([3, 5]))
+    assert rev.squeeze(-1).tolist() == [[2, 1, 0, 3, 4], [9, 8, 7, 6, 5]]
+    torch.testing.assert_close(reverse_within(rev, torch.tensor([3, 5])), x)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -98,7 +125,7 @@ def test_output_shape_and_gradients_reach_first_layer(kind):
     logits = model(x, torch.tensor([5, 1, 30]))
     assert logits.shape == (3,)
     logits.sum().backward()
-    first = model.proj.weight if kind == "transformer" else model.rnn.weight_ih_l0
+    first = model.proj.weight if kind == "transformer" else model.layers[0][0].weight_ih_l0
     assert first.grad is not None and first.grad.abs().sum() > 0
     assert all(p.grad is not None for p in model.parameters())
 
