@@ -214,10 +214,39 @@ class SamplerConfig(_Strict):
     n_startup_trials: int = Field(default=5, ge=0)
 
 
+#: pruner name -> the settings it reads; steps and resources are epochs
+PRUNER_SETTINGS: dict[str, tuple[str, ...]] = {
+    "median": ("n_startup_trials", "n_warmup_steps"),
+    "percentile": ("percentile", "n_startup_trials", "n_warmup_steps"),
+    "successive_halving": ("min_resource", "reduction_factor"),
+    "hyperband": ("min_resource", "reduction_factor"),
+    "none": (),
+}
+
+
 class PrunerConfig(_Strict):
-    name: Literal["median", "none"] = "median"
+    """Optuna's pruners by name, with the settings each reads (a setting the chosen pruner
+    would ignore is an error, so a study never silently runs with another pruner's knob)."""
+
+    name: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
     n_startup_trials: int = Field(default=3, ge=0)
     n_warmup_steps: int = Field(default=1, ge=0)
+    #: percentile: a trial is pruned when below this percentile of the others at its epoch
+    percentile: float = Field(default=25.0, gt=0, lt=100)
+    #: successive_halving / hyperband: epochs before the first cut, and 1/keep per rung
+    min_resource: int = Field(default=1, ge=1)
+    reduction_factor: int = Field(default=3, ge=2)
+
+    @model_validator(mode="after")
+    def _settings_apply(self) -> PrunerConfig:
+        # ``none`` keeps the others' settings, so pruning can be switched off by name alone
+        reads = PRUNER_SETTINGS[self.name]
+        unread = sorted(self.model_fields_set - {"name", *reads})
+        if unread and self.name != "none":
+            raise ValueError(
+                f"the {self.name} pruner does not read {unread[0]} (it takes {', '.join(reads)})"
+            )
+        return self
 
 
 #: classifier hyperparameters a study may set, with the type each must have

@@ -332,12 +332,19 @@ def _make_sampler(config: StudyConfig, offset: int) -> optuna.samplers.BaseSampl
 
 
 def _make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
-    if config.pruner.name == "none":
-        return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(
-        n_startup_trials=config.pruner.n_startup_trials,
-        n_warmup_steps=config.pruner.n_warmup_steps,
-    )
+    """Steps are epochs (each trial reports its validation AUC once per epoch)."""
+    p = config.pruner
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(p.n_startup_trials, p.n_warmup_steps)
+    if p.name == "percentile":
+        return optuna.pruners.PercentilePruner(p.percentile, p.n_startup_trials, p.n_warmup_steps)
+    if p.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(p.min_resource, p.reduction_factor)
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            p.min_resource, config.train.epochs, p.reduction_factor
+        )
+    return optuna.pruners.NopPruner()
 
 
 @dataclass

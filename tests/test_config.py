@@ -20,7 +20,7 @@ from harness.config import (
     validate_tracking_uri,
 )
 from harness.errors import HarnessError
-from harness.study import suggest
+from harness.study import _make_pruner, suggest
 
 
 def study(search: str = "", top: str = "") -> str:
@@ -409,6 +409,11 @@ def test_search_value_errors(search, phrase):
         ("storage: optuna.db\n", "key 'storage': storage 'optuna.db' is not a URL"),
         ("tracking_uri: mlruns\n", "key 'tracking_uri': tracking URI 'mlruns' is not a URL"),
         ("name: ../up\n", "is not a valid study name"),
+        ("pruner: {name: hyperband, n_warmup_steps: 2}\n", "the hyperband pruner does not read"),
+        ("pruner: {name: median, percentile: 10}\n", "the median pruner does not read percentile"),
+        ("pruner: {name: percentile, percentile: 100}\n", "must be less than 100"),
+        ("pruner: {name: successive_halving, reduction_factor: 1}\n", "greater than or equal"),
+        ("pruner: {name: asha}\n", "key 'pruner.name'"),
         ("name: ''\n", "is not a valid study name"),
     ],
 )
@@ -417,6 +422,41 @@ def test_top_level_value_errors(top, phrase):
     if top.startswith("name:"):
         text = text.replace("name: t\n", "", 1)
     assert phrase in error(text)
+
+
+@pytest.mark.parametrize(
+    ("line", "pruner_type", "settings"),
+    [
+        ("{name: none}", optuna.pruners.NopPruner, {}),
+        ("{name: none, n_warmup_steps: 2}", optuna.pruners.NopPruner, {}),
+        (
+            "{name: median, n_startup_trials: 4, n_warmup_steps: 0}",
+            optuna.pruners.MedianPruner,
+            {"_n_startup_trials": 4, "_n_warmup_steps": 0, "_percentile": 50.0},
+        ),
+        (
+            "{name: percentile, percentile: 30}",
+            optuna.pruners.PercentilePruner,
+            {"_percentile": 30.0, "_n_startup_trials": 3, "_n_warmup_steps": 1},
+        ),
+        (
+            "{name: successive_halving, min_resource: 2, reduction_factor: 2}",
+            optuna.pruners.SuccessiveHalvingPruner,
+            {"_min_resource": 2, "_reduction_factor": 2},
+        ),
+        (
+            "{name: hyperband, reduction_factor: 2}",
+            optuna.pruners.HyperbandPruner,
+            {"_min_resource": 1, "_max_resource": 7, "_reduction_factor": 2},
+        ),
+    ],
+)
+def test_each_pruner_is_built_with_its_settings(line, pruner_type, settings):
+    """Steps are epochs: hyperband's largest budget is the study's train.epochs."""
+    config = parse_study(study(top=f"train: {{epochs: 7}}\npruner: {line}\n"))
+    pruner = _make_pruner(config)
+    assert type(pruner) is pruner_type
+    assert {k: getattr(pruner, k) for k in settings} == settings
 
 
 def test_programmatic_configs_are_checked_too():
