@@ -277,6 +277,13 @@ def n_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def describe_finished(study: optuna.Study) -> str:
+    """``12 finished trials (4 complete, 8 pruned)``: the table below it lists the complete."""
+    trials = study.get_trials(deepcopy=False, states=FINISHED)
+    pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    return f"{len(trials)} finished trials ({len(trials) - pruned} complete, {pruned} pruned)"
+
+
 def n_covered(study: optuna.Study) -> int:
     """Finished trials plus running ones (which will most likely finish): what a worker
     counts before it starts another trial, so that parallel workers stop at the target."""
@@ -351,6 +358,8 @@ def _make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
 class StudySummary:
     name: str
     n_finished: int
+    #: e.g. "12 finished trials (4 complete, 8 pruned)"
+    finished: str
     best_trial: optuna.trial.FrozenTrial | None
     parent_run_id: str
     tracking_uri: str
@@ -580,7 +589,13 @@ def run_study(
     except ValueError:
         pass
     return StudySummary(
-        config.name, n_finished(study), best, parent_id, tracking, trial_rows(study, top=5)
+        config.name,
+        n_finished(study),
+        describe_finished(study),
+        best,
+        parent_id,
+        tracking,
+        trial_rows(study, top=5),
     )
 
 

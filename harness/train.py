@@ -2,8 +2,9 @@
 
 Batches are bucketed by sentence length by default: each batch is cut to its own
 longest sentence, so a GRU reading 42-token sentences does not step through 80 rows.
-The readers ignore padding (packed sequences, key-padding masks), so bucketing changes
-the speed, not what a given set of weights computes.
+The readers ignore padding (RNN states past a length are never read, the transformer
+masks padded keys), so bucketing changes the speed, not what a given set of weights
+computes.
 """
 
 from __future__ import annotations

@@ -162,3 +162,47 @@ def test_objective_uses_validation_only(finished_study):
         history = client.get_metric_history(child.info.run_id, "val_auc")
         per_epoch = [p.value for p in history[:-1]]
         assert history[-1].value == pytest.approx(max(per_epoch))
+
+
+def test_pruned_trials_end_their_runs_without_weights(tmp_path, tiny_bert, capsys):
+    """A real pruner (successive halving, keeping 1 in 2 after each epoch): a pruned trial's
+    run is FINISHED with ``optuna.state`` PRUNED, holds its curve up to the cut and no
+    model, and cannot be loaded; the CLI summary counts complete and pruned trials."""
+    from harness.cli import main
+    from harness.errors import HarnessError
+    from harness.predict import load_run
+    from tests.conftest import write_synthetic_csv
+
+    data = write_synthetic_csv(tmp_path / "data.csv")
+    path = study_yaml(
+        tmp_path,
+        name="pruning",
+        dataset=str(data),
+        encoder=str(tiny_bert),
+        n_trials=6,
+        epochs=4,
+        extra="pruner: {name: successive_halving, min_resource: 1, reduction_factor: 2}\n",
+    )
+    assert main(["study", "run", str(path), "--quiet"]) == 0
+    study = optuna.load_study(study_name="pruning", storage=f"sqlite:///{tmp_path}/optuna.db")
+    states = [t.state for t in study.trials]
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    n_complete = states.count(optuna.trial.TrialState.COMPLETE)
+    assert pruned and n_complete + len(pruned) == 6
+    assert f"6 finished trials ({n_complete} complete, {len(pruned)} pruned)" in (
+        capsys.readouterr().out
+    )
+
+    client, _, children = _runs(tmp_path, "pruning")
+    by_id = {c.info.run_id: c for c in children}
+    for trial in pruned:
+        run = by_id[trial.user_attrs["mlflow_run_id"]]
+        assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "PRUNED"
+        curve = client.get_metric_history(run.info.run_id, "val_auc")
+        assert [p.value for p in curve] == [
+            trial.intermediate_values[s] for s in sorted(trial.intermediate_values)
+        ]
+        assert "test_auc" not in run.data.metrics
+        assert not client.list_artifacts(run.info.run_id, "model")
+        with pytest.raises(HarnessError, match="pruned or failed trial"):
+            load_run(run.info.run_id, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
