@@ -89,14 +89,15 @@ def predict_logits(
     lengths: torch.Tensor,
     idx: np.ndarray,
     batch_size: int = 256,
+    bucketing: bool = True,
 ) -> np.ndarray:
-    """Logits for rows ``idx``, in that order (length-bucketed: the output does not
-    depend on padding)."""
+    """Logits for rows ``idx``, in that order (the output does not depend on padding, so
+    ``bucketing`` changes only the speed)."""
     model.eval()
     out = np.empty(len(idx), dtype=np.float32)
     pos = {int(i): p for p, i in enumerate(idx)}
-    for b in make_batches(lengths.numpy(), idx, batch_size, bucketing=True):
-        xb, lb = _batch(x, lengths, b, bucketing=True)
+    for b in make_batches(lengths.numpy(), idx, batch_size, bucketing):
+        xb, lb = _batch(x, lengths, b, bucketing)
         out[[pos[int(i)] for i in b]] = model(xb, lb).numpy()
     return out
 
@@ -144,7 +145,9 @@ def train(
             optimizer.step()
             total += loss.item() * len(b)
             seen += len(b)
-        val_probs = sigmoid(predict_logits(model, x, lengths, val_idx))
+        val_probs = sigmoid(
+            predict_logits(model, x, lengths, val_idx, bucketing=settings.bucketing)
+        )
         val_auc = compute_metrics(labels[val_idx], val_probs)["auc"]
         result.history.append({"epoch": epoch, "train_loss": total / seen, "val_auc": val_auc})
         if val_auc > result.best_val_auc:

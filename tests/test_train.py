@@ -67,11 +67,14 @@ def test_bucketed_and_padded_batches_give_the_same_logits(kind, grad):
                 out[torch.from_numpy(b)] = model(xb, lb).detach()
         logits[bucketing] = out
     torch.testing.assert_close(logits[True], logits[False], atol=1e-5, rtol=0)
-    # and predict_logits (always bucketed, any order of rows) agrees with both
+    # and predict_logits (either way, any order of rows) agrees with both
     order = np.random.default_rng(0).permutation(40)
-    np.testing.assert_allclose(
-        predict_logits(model, x, lengths, order, batch_size=7), logits[False][order], atol=1e-5
-    )
+    for bucketing in (True, False):
+        np.testing.assert_allclose(
+            predict_logits(model, x, lengths, order, batch_size=7, bucketing=bucketing),
+            logits[False][order],
+            atol=1e-5,
+        )
 
 
 @pytest.mark.parametrize("bucketing", [True, False])
