@@ -110,7 +110,7 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def cmd_study_run(args: argparse.Namespace) -> int:
-    from harness.study import format_table, run_study
+    from harness.study import describe_finished, format_table, run_study
 
     summary = run_study(
         args.file,
@@ -123,7 +123,7 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     )
     if args.worker_index:
         return 0
-    print(f"\nstudy {summary.name}: {summary.finished}")
+    print(f"\nstudy {summary.name}: {describe_finished(summary.n_finished, summary.n_pruned)}")
     print(format_table(summary.rows))
     if summary.best_trial is not None:
         best = summary.rows[0]
@@ -146,7 +146,7 @@ def cmd_study_best(args: argparse.Namespace) -> int:
     import optuna
 
     from harness.storage import make_storage
-    from harness.study import describe_finished, format_table, trial_rows
+    from harness.study import describe_finished, format_table, n_finished, n_pruned, trial_rows
 
     _require_store(args.storage, "--storage", "Optuna storage")
     storage = make_storage(args.storage)
@@ -158,7 +158,7 @@ def cmd_study_best(args: argparse.Namespace) -> int:
             f"no study named {args.name!r} in {args.storage}; studies there: "
             f"{', '.join(names) or '(none)'}"
         ) from None
-    print(f"study {args.name}: {describe_finished(study)}")
+    print(f"study {args.name}: {describe_finished(n_finished(study), n_pruned(study))}")
     print(format_table(trial_rows(study, top=args.top)))
     return 0
 

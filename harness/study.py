@@ -277,11 +277,13 @@ def n_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def describe_finished(study: optuna.Study) -> str:
+def n_pruned(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+
+
+def describe_finished(n_finished: int, n_pruned: int) -> str:
     """``12 finished trials (4 complete, 8 pruned)``: the table below it lists the complete."""
-    trials = study.get_trials(deepcopy=False, states=FINISHED)
-    pruned = sum(t.state == TrialState.PRUNED for t in trials)
-    return f"{len(trials)} finished trials ({len(trials) - pruned} complete, {pruned} pruned)"
+    return f"{n_finished} finished trials ({n_finished - n_pruned} complete, {n_pruned} pruned)"
 
 
 def n_covered(study: optuna.Study) -> int:
@@ -358,8 +360,7 @@ def _make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
 class StudySummary:
     name: str
     n_finished: int
-    #: e.g. "12 finished trials (4 complete, 8 pruned)"
-    finished: str
+    n_pruned: int
     best_trial: optuna.trial.FrozenTrial | None
     parent_run_id: str
     tracking_uri: str
@@ -591,7 +592,7 @@ def run_study(
     return StudySummary(
         config.name,
         n_finished(study),
-        describe_finished(study),
+        n_pruned(study),
         best,
         parent_id,
         tracking,
