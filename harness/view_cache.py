@@ -1,0 +1,262 @@
+"""The ``relative`` view of every (layer, head) of an attention cache entry, computed once
+and stored under the entry, so trials and head sweeps only read and index it.
+
+Layout (``w`` = the relative window)::
+
+    <attention entry>/views/relative-w3/meta.json     w, shapes, crc32 and size per file
+    <attention entry>/views/relative-w3/layer_00.bin  fp16 [tokens, H, F], storage order
+    ...
+    <attention entry>/views/relative-w3/pooled.bin    float32 [N, L, H, F], original order
+
+Token rows follow the attention files' order (longest sentence first, no padding). The
+pooled means (mean over each sentence's tokens, [CLS] and [SEP] included) are what linear
+probes and the head sweep read: 12 MB for MiniLM on BABE, so they stay in memory. As with
+the attention cache, an entry is written in a temporary directory and renamed into place
+under a file lock: a killed writer leaves no half entry, and a corrupt one is rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from harness.attention import AttentionCache, CacheCorrupt, length_runs
+from harness.threads import extraction_threads, num_threads
+from harness.views import Map, check_request, combine, feature_width, pool, view_block, view_size
+
+log = logging.getLogger("harness")
+
+VIEW_FORMAT = 1
+#: Float32 bytes of token features assembled at a time by ``token_features``.
+ASSEMBLE_CHUNK_BYTES = 32 << 20
+
+
+class ViewCache:
+    """A finished ``relative`` view of one attention cache entry (which holds ``stats``)."""
+
+    def __init__(self, cache: AttentionCache, path: Path):
+        self.cache = cache
+        self.path = Path(path)
+        self.meta = json.loads((self.path / "meta.json").read_text())
+        if self.meta["attention_key"] != cache.key or self.meta["sentences"] != len(cache):
+            raise CacheCorrupt(f"{self.path} belongs to another attention cache entry")
+        self.w: int = self.meta["w"]
+        self.num_layers, self.num_heads = cache.num_layers, cache.num_heads
+        self.num_features = view_size("relative", self.w)
+        shape = (len(cache), self.num_layers, self.num_heads, self.num_features)
+        #: mean over each sentence's tokens, [N, L, H, F] float32 in original order
+        self.pooled = np.fromfile(self.path / "pooled.bin", np.float32).reshape(shape)
+        sorted_lengths = cache.lengths[cache.order]
+        #: token offset of storage position p in a layer file (in rows of [H, F])
+        self.token_offsets = np.concatenate([[0], np.cumsum(sorted_lengths)])
+        #: for each stored token row: its index in a flattened [N, max_len] array
+        starts = np.repeat(self.token_offsets[:-1], sorted_lengths)
+        self._flat_index = np.repeat(cache.order * cache.max_len, sorted_lengths) + (
+            np.arange(self.token_offsets[-1]) - starts
+        )
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(f["bytes"] for f in self.meta["files"].values()))
+
+    def verify(self) -> None:
+        """Check every file's size and crc32 against meta.json; raise ``CacheCorrupt``."""
+        for name, info in self.meta["files"].items():
+            file = self.path / name
+            if not file.exists() or file.stat().st_size != info["bytes"]:
+                raise CacheCorrupt(f"{file} is missing or has the wrong size")
+            if _crc32(file) != info["crc32"]:
+                raise CacheCorrupt(f"{file} fails its checksum")
+
+    def _layer(self, layer: int) -> np.ndarray:
+        """Layer ``layer``'s token rows, ``[tokens, H, F]`` fp16, mapped, not read."""
+        shape = (int(self.token_offsets[-1]), self.num_heads, self.num_features)
+        return np.memmap(self.path / f"layer_{layer:02d}.bin", np.float16, "r", shape=shape)
+
+    def token_features(
+        self, maps: Sequence[Map], view: str = "relative", reducer: str = "stack"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-token features of the chosen maps: ``([N, max_len, D] float32, lengths)``,
+        zero past each sentence's length. ``stack`` keeps each map as its own
+        ``F`` channels in the order given; sum/mean/max combine the maps elementwise."""
+        pairs, size = check_request(maps, view, self.num_layers, self.num_heads, self.w)
+        width = feature_width(pairs, size, reducer)
+        out = np.zeros((len(self), self.cache.max_len, width), np.float32)
+        flat = out.reshape(-1, width)
+        layers = {layer: self._layer(layer) for layer, _ in pairs}
+        for lo, hi in self._token_chunks(width):
+            chunk = {layer: rows[lo:hi] for layer, rows in layers.items()}
+            flat[self._flat_index[lo:hi]] = combine(chunk, pairs, size, reducer)
+        return out, self.cache.lengths.copy()
+
+    def _token_chunks(self, width: int) -> Iterator[tuple[int, int]]:
+        """Token row ranges of about ASSEMBLE_CHUNK_BYTES of output each."""
+        step = max(1, ASSEMBLE_CHUNK_BYTES // (4 * width))
+        total = int(self.token_offsets[-1])
+        for lo in range(0, total, step):
+            yield lo, min(lo + step, total)
+
+    def sentence_features(self, maps: Sequence[Map], view: str = "relative") -> np.ndarray:
+        """Each sentence's mean over its tokens, maps side by side: ``[N, len(maps) * F]``
+        float32, for linear/MLP probes and the head sweep."""
+        pairs, size = check_request(maps, view, self.num_layers, self.num_heads, self.w)
+        per_layer = {layer: self.pooled[:, layer] for layer, _ in pairs}
+        return combine(per_layer, pairs, size, "stack")
+
+
+_VERIFIED: set[tuple[str, float]] = set()
+
+
+def _crc32(file: Path) -> int:
+    crc = 0
+    with open(file, "rb") as fh:
+        while chunk := fh.read(32 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _open_verified(cache: AttentionCache, path: Path) -> ViewCache:
+    """Open and verify a view once per process."""
+    try:
+        stamp = (str(path), (path / "meta.json").stat().st_mtime)
+        view = ViewCache(cache, path)
+        if stamp not in _VERIFIED:
+            view.verify()
+            _VERIFIED.add(stamp)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CacheCorrupt(f"{path}: {exc}") from None
+    return view
+
+
+def open_view(cache: AttentionCache, w: int = 3, progress: bool = True) -> ViewCache:
+    """The ``relative`` view (window ``w``) of ``cache``, computed only if no valid one is
+    stored. Safe from several processes at once: one computes, the others wait and reuse.
+    """
+    view_size("relative", w)  # validates w before anything is created
+    root = cache.path / "views"
+    root.mkdir(exist_ok=True)
+    name = f"relative-w{w}"
+    final = root / name
+    with FileLock(str(root / f"{name}.lock")):
+        if (final / "meta.json").exists():
+            try:
+                view = _open_verified(cache, final)
+                log.info(
+                    "reusing the stored %s view %s (%.0f MB): not recomputed",
+                    name,
+                    final,
+                    view.nbytes / 1e6,
+                )
+                return view
+            except CacheCorrupt as exc:
+                log.warning("stored view is corrupt (%s); recomputing it", exc)
+                shutil.rmtree(final)
+        elif final.exists():
+            log.warning("stored view %s is incomplete; recomputing it", final)
+            shutil.rmtree(final)
+        _write_view(cache, w, final, progress)
+        _VERIFIED.add((str(final), (final / "meta.json").stat().st_mtime))
+        return _open_verified(cache, final)
+
+
+def _write_view(cache: AttentionCache, w: int, final: Path, progress: bool) -> None:
+    # only the lock holder writes, so any other half-written view is a killed writer's
+    for stale in final.parent.glob(f"{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    tmp.mkdir()
+    start = time.perf_counter()
+    try:
+        shape = (len(cache), cache.num_layers, cache.num_heads, view_size("relative", w))
+        pooled = np.zeros(shape, np.float32)
+        files = [open(tmp / f"layer_{layer:02d}.bin", "wb") for layer in range(shape[1])]
+        crcs, sizes = [0] * shape[1], [0] * shape[1]
+        bar = tqdm(
+            total=len(cache), desc="computing attention views", unit="sent", disable=not progress
+        )
+        try:
+            # one large elementwise job per chunk, like extraction: worth every core
+            with num_threads(extraction_threads()):
+                for lo, hi in cache._chunks():
+                    for layer, sentences, values in _chunk_views(cache, lo, hi, w):
+                        files[layer].write(values)
+                        crcs[layer] = zlib.crc32(values, crcs[layer])
+                        sizes[layer] += values.nbytes
+                        pooled[sentences, layer] = pool(values)
+                    bar.update(hi - lo)
+        finally:
+            bar.close()
+            for fh in files:
+                fh.close()
+        pooled.tofile(tmp / "pooled.bin")
+        _write_meta(tmp, cache, w, shape, crcs, sizes, pooled)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(
+        "computed the %s view of %d sentences in %.1f s",
+        final.name,
+        len(cache),
+        time.perf_counter() - start,
+    )
+
+
+def _chunk_views(
+    cache: AttentionCache, lo: int, hi: int, w: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Storage positions ``lo:hi``, layer by layer, one run of equal lengths at a time:
+    ``(layer, sentence indices, fp16 [k, n, H, F])``. Each run is one ``view_block``
+    call over all its sentences and heads; a chunk's maps are read once per layer."""
+    start, count = int(cache.offsets[lo]), int(cache.offsets[hi] - cache.offsets[lo])
+    lens = cache.lengths[cache.order[lo:hi]]
+    runs = length_runs(lens)
+    for layer in range(cache.num_layers):
+        flat = np.fromfile(cache._layer_file(layer), np.float16, count, offset=2 * start)
+        for a, b in runs:
+            n, k = int(lens[a]), b - a
+            s = int(cache.offsets[lo + a] - cache.offsets[lo])
+            block = flat[s : s + k * cache.num_heads * n * n].reshape(k, -1, n, n)
+            yield layer, cache.order[lo + a : lo + b], view_block(block, w)
+
+
+def _write_meta(
+    tmp: Path,
+    cache: AttentionCache,
+    w: int,
+    shape: tuple[int, int, int, int],
+    crcs: list[int],
+    sizes: list[int],
+    pooled: np.ndarray,
+) -> None:
+    files = {
+        f"layer_{layer:02d}.bin": {"bytes": sizes[layer], "crc32": crcs[layer]}
+        for layer in range(shape[1])
+    }
+    files["pooled.bin"] = {"bytes": pooled.nbytes, "crc32": zlib.crc32(pooled)}
+    meta = {
+        "format": VIEW_FORMAT,
+        "view": "relative",
+        "w": w,
+        "attention_key": cache.key,
+        "sentences": shape[0],
+        "num_layers": shape[1],
+        "num_heads": shape[2],
+        "num_features": shape[3],
+        "tokens": int(cache.lengths.sum()),
+        "files": files,
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta))
