@@ -24,6 +24,7 @@ from bench.features import row_features
 from bench.memory import row_memory
 from bench.studies import row_parallel, row_pruning
 from bench.training import row_training
+from bench.views import row_views
 from harness.threads import extraction_threads, train_threads
 
 ROWS: dict[int, Callable[[Context], list[Row]]] = {
@@ -35,6 +36,7 @@ ROWS: dict[int, Callable[[Context], list[Row]]] = {
     6: row_bootstrap,
     7: row_pruning,
     8: row_parallel,
+    9: row_views,
 }
 
 

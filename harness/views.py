@@ -75,10 +75,17 @@ def token_stats(block: np.ndarray | torch.Tensor, w: int = 3) -> np.ndarray:
 
     ``block`` is ``[k, M, n, n]`` (fp16 or fp32): M maps per sentence, row i is token i's
     attention. Returns float32 ``[k, n, M, F]`` with the features of ``feature_names
-    ("relative", w)``; offsets that fall outside the sentence read 0. Runs in torch in
-    float32 (numpy reduces fp16 through a slow scalar path); the only Python loop is over
-    the F features.
+    ("relative", w)``; offsets that fall outside the sentence read 0.
     """
+    return _token_stats(block, w).numpy()
+
+
+def _token_stats(block: np.ndarray | torch.Tensor, w: int) -> torch.Tensor:
+    """``token_stats`` as a tensor. Runs in torch in float32 (numpy reduces fp16 through
+    a slow scalar path); the only Python loop is over the F features. The entropy takes
+    ``a * log(max(a, tiny))``, which is 0 where ``a`` is 0 and otherwise ``a log a``
+    (fp16 maps hold nothing below ``tiny``): 2× faster than ``xlogy``, which was half
+    of the whole computation."""
     offsets = relative_offsets(w)
     a = torch.as_tensor(block).float()
     k, m, n, _ = a.shape
@@ -92,20 +99,21 @@ def token_stats(block: np.ndarray | torch.Tensor, w: int = 3) -> np.ndarray:
         if abs(d) < n:
             diagonal = a.diagonal(offset=d, dim1=-2, dim2=-1)  # a[i, i + d] for valid i
             per_map[..., max(-d, 0) : n - max(d, 0), col] = diagonal
-    per_map[..., STATS.index("entropy")] = -torch.special.xlogy(a, a).sum(-1)
     per_map[..., STATS.index("max")] = a.amax(-1)
-    return out.numpy()
+    a_log_a = a.clamp_min(torch.finfo(torch.float32).tiny).log_().mul_(a)
+    per_map[..., STATS.index("entropy")] = a_log_a.sum(-1).neg_()
+    return out
 
 
 def view_block(block: np.ndarray, w: int) -> np.ndarray:
     """The stored form of ``token_stats``: fp16 ``[k, n, M, F]``. Cache and new sentences
     both round through fp16 here, so both see the same values."""
-    return token_stats(block, w).astype(np.float16)
+    return _token_stats(block, w).half().numpy()
 
 
 def pool(values: np.ndarray) -> np.ndarray:
     """Mean over the token axis of ``[k, n, ...]`` view values, in float32: ``[k, ...]``."""
-    return values.mean(axis=1, dtype=np.float32)
+    return torch.from_numpy(values).float().mean(dim=1).numpy()
 
 
 def check_request(
