@@ -219,7 +219,8 @@ def test_new_sentences_get_exactly_the_cached_features(encoder, mixed):
         np.testing.assert_array_equal(lengths, cached_lengths)
     batches = iter_attention(encoder, texts, MAX_LEN, batch_size=3)  # other batches, other runs
     pooled = sentence_features_from_attention(batches, 4, maps, "relative")
-    np.testing.assert_allclose(pooled, mixed.sentence_features(maps), atol=1e-3)
+    # a mean over tokens: equal up to float32 summation order across run shapes
+    np.testing.assert_allclose(pooled, mixed.sentence_features(maps), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize(
