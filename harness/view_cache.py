@@ -31,7 +31,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from harness.attention import AttentionCache, CacheCorrupt, length_runs
-from harness.threads import extraction_threads, num_threads
+from harness.threads import num_threads, train_threads
 from harness.views import Map, check_request, combine, feature_width, pool, view_block, view_size
 
 log = logging.getLogger("harness")
@@ -188,8 +188,9 @@ def _write_view(cache: AttentionCache, w: int, final: Path, progress: bool) -> N
             total=len(cache), desc="computing attention views", unit="sent", disable=not progress
         )
         try:
-            # one large elementwise job per chunk, like extraction: worth every core
-            with num_threads(extraction_threads()):
+            # one thread by default, as feature building: a second gained 10 % on an idle
+            # 2-core machine and lost 30-50 % with the other core busy (bench row 9)
+            with num_threads(train_threads()):
                 for lo, hi in cache._chunks():
                     for layer, sentences, values in _chunk_views(cache, lo, hi, w):
                         files[layer].write(values)
