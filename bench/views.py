@@ -154,7 +154,7 @@ def row_views(ctx: Context) -> list[Row]:
         Row(
             "9",
             f"relative view of all {heads} heads from a warm cache, {n:,} sentences",
-            f"{speed['view_1_thread']:,.0f} sent/s on 1 thread (the default) "
+            f"{speed['view_1_thread']:,.0f} sent/s on 1 thread, the default "
             f"({speedup:.1f}× a per-sentence numpy loop; "
             f"{speed['view_2_threads']:,.0f} sent/s on 2 threads; "
             f"equal to {diff:.1e} on {SAMPLE} sentences)",
