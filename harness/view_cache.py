@@ -188,8 +188,8 @@ def _write_view(cache: AttentionCache, w: int, final: Path, progress: bool) -> N
             total=len(cache), desc="computing attention views", unit="sent", disable=not progress
         )
         try:
-            # one thread by default, as feature building: a second gained 10 % on an idle
-            # 2-core machine and lost 30-50 % with the other core busy (bench row 9)
+            # one thread by default, as feature building: on this 2-core machine a second
+            # gained ~10 % in two runs of bench row 9 and lost 44 % in one under load
             with num_threads(train_threads()):
                 for lo, hi in cache._chunks():
                     for layer, sentences, values in _chunk_views(cache, lo, hi, w):
