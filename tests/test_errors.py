@@ -630,3 +630,40 @@ def test_minilm_layer_out_of_range(cli, tmp_path):
         tmp_path,
         before,
     )
+
+
+# --- paths the study writes (issue 12) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cache_dir", "phrases"),
+    [
+        pytest.param(
+            "/proc/1",
+            ("attention cache folder /proc/1 is not writable", "cache_dir"),
+            id="cache-dir-refuses-files",
+        ),
+        pytest.param(
+            "{tmp}/data.csv/cache",
+            ("is under a file (", "data.csv is a regular file)"),
+            id="cache-dir-under-a-file",
+        ),
+    ],
+)
+def test_cache_dir_that_cannot_hold_files(cli, tmp_path, tiny_bert, cache_dir, phrases):
+    """Before: /proc/1 hung forever in FileLock; a folder under a file was a traceback."""
+    import time
+
+    data = write_synthetic_csv(tmp_path / "data.csv")
+    cache = cache_dir.format(tmp=tmp_path)
+    study = write_study(
+        tmp_path,
+        tiny_bert,
+        str(data),
+        replace={f'cache_dir: "{tmp_path}/cache"': f"cache_dir: {cache}"},
+    )
+    before = tree(tmp_path)
+    started = time.monotonic()
+    result = cli("study", "run", str(study), "--quiet")
+    assert time.monotonic() - started < 30
+    assert_user_error(result, phrases, tmp_path, before)
