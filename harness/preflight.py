@@ -25,10 +25,11 @@ from harness.storage import local_path, sqlalchemy_url
 #: seconds a store may take to answer before preflight gives up on it
 CONNECT_TIMEOUT_S = 5
 #: MLflow's own HTTP retry settings, bounded: its defaults (7 retries, backoff factor 2,
-#: 120 s timeout) retry a vanished server for about four minutes. These ride out an
-#: outage of a few seconds (sleeps of about 0, 2 and 4 s) and then fail the request.
+#: 120 s timeout) retry a vanished server for about four minutes. These ride out a server
+#: restart of about 15 s (sleeps of 0, 2, 4 and 8 s, plus up to 1 s jitter each) and then
+#: fail the request; a server that is down at the start is caught by ``check_tracking``.
 MLFLOW_RETRY_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }
