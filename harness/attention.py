@@ -30,12 +30,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
 from tqdm.auto import tqdm
 
 from harness.encoder import Encoder, load_encoder
 from harness.errors import HarnessError
 from harness.features import FeatureSpec, parse_heads, reduce_maps
+from harness.locks import waiting_lock
+from harness.preflight import check_writable_dir
 from harness.threads import extraction_threads, num_threads, train_threads
 
 log = logging.getLogger("harness")
@@ -301,18 +302,21 @@ def extract_attention(
 ) -> AttentionCache:
     """Return the cache entry for these texts, extracting it only if no valid one exists.
 
-    Safe to call from several processes at once: one extracts, the others wait and reuse.
-    A corrupt entry is reported, removed and rebuilt, never read as data.
+    Safe to call from several processes at once: one extracts, the others wait (saying who
+    they wait for) and reuse. A corrupt entry is reported, removed and rebuilt, never read
+    as data. A cache folder that cannot hold files is a ``HarnessError``, not a hang.
     """
     if isinstance(encoder, str):
         encoder = load_encoder(encoder)
     if max_len < 2:
         raise HarnessError(f"max_len must be >= 2, got {max_len}")
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    setting = "cache_dir (study file) or HARNESS_CACHE_DIR"
+    check_writable_dir(root, "attention cache folder", setting)
     root.mkdir(parents=True, exist_ok=True)
     key = cache_key(encoder, texts, max_len)
     final = root / key
-    with FileLock(str(root / f"{key}.lock")):
+    with waiting_lock(root / f"{key}.lock", "the attention cache entry", setting):
         if (final / "meta.json").exists():
             try:
                 cache = _open_verified(final)

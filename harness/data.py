@@ -7,7 +7,6 @@ far more expensive than a loader that refuses up front.
 
 from __future__ import annotations
 
-import ast
 import csv
 import difflib
 import hashlib
@@ -16,6 +15,7 @@ import io
 import json
 import math
 import os
+import sys
 import tempfile
 import urllib.request
 from dataclasses import dataclass, field
@@ -44,8 +44,37 @@ _BABE_PRESET = {
     "delimiter": ";",
 }
 _BABE_DROP_LABELS = frozenset({"No agreement"})
-_BABE_LIST_COLUMN = "biased_words"
 _EXT_DELIMITERS = {".csv": ",", ".tsv": "\t"}
+SUPPORTED = ".csv, .tsv and .jsonl"
+# Formats people reach for that are not delimited text: refused by name, before decoding,
+# with the conversion that fixes them (otherwise they surface as "not UTF-8").
+_FOREIGN_FORMATS = {
+    ".parquet": ("a Parquet file", "pandas.read_parquet(path).to_csv('data.csv', index=False)"),
+    ".feather": ("a Feather file", "pandas.read_feather(path).to_csv('data.csv', index=False)"),
+    ".arrow": ("an Arrow file", "pandas.read_feather(path).to_csv('data.csv', index=False)"),
+    ".xlsx": ("an Excel workbook", "save it from Excel as 'CSV UTF-8'"),
+    ".xls": ("an Excel workbook", "save it from Excel as 'CSV UTF-8'"),
+    ".ods": ("a spreadsheet", "save it as CSV (UTF-8)"),
+    ".json": ("a JSON document", "write one JSON object per line and name it .jsonl"),
+    ".gz": ("a compressed file", "decompress it (gunzip) first"),
+    ".bz2": ("a compressed file", "decompress it (bunzip2) first"),
+    ".xz": ("a compressed file", "decompress it (unxz) first"),
+    ".zst": ("a compressed file", "decompress it (unzstd) first"),
+    ".zip": ("a zip archive", "extract the csv/tsv/jsonl file from it first"),
+    ".pkl": ("a pickle", "load it in Python and write it with DataFrame.to_csv"),
+    ".pickle": ("a pickle", "load it in Python and write it with DataFrame.to_csv"),
+    ".h5": ("an HDF5 file", "pandas.read_hdf(path).to_csv('data.csv', index=False)"),
+    ".hdf5": ("an HDF5 file", "pandas.read_hdf(path).to_csv('data.csv', index=False)"),
+    ".npy": ("a NumPy array", "write texts and labels to a csv file"),
+    ".npz": ("a NumPy archive", "write texts and labels to a csv file"),
+}
+# First bytes of binary formats found behind a text extension (a Parquet file renamed .csv).
+_MAGIC = {
+    b"PAR1": "a Parquet file",
+    b"PK\x03\x04": "a zip archive (an .xlsx workbook is one)",
+    b"\xd0\xcf\x11\xe0": "an old Excel (.xls) workbook",
+    b"\x1f\x8b": "a gzip-compressed file",
+}
 _SNIFF_DELIMITERS = (";", ",", "\t")
 _MISSING_LABELS = frozenset({"", "nan", "none", "null", "na", "n/a"})
 
@@ -88,12 +117,12 @@ class Dataset:
 
 def resolve_data_path(name_or_path: str) -> Path:
     """Map ``"babe"`` to where the file is expected (HARNESS_DATA_DIR, then ./data); treat
-    anything else as a path."""
+    anything else as a path. ``~`` is expanded in both, as a shell would."""
     if name_or_path == "babe":
         candidates = []
         data_dir = os.environ.get("HARNESS_DATA_DIR")
         if data_dir:
-            candidates.append(Path(data_dir) / "babe" / BABE_FILENAME)
+            candidates.append(Path(data_dir).expanduser() / "babe" / BABE_FILENAME)
         candidates.append(Path("data") / "babe" / BABE_FILENAME)
         for path in candidates:
             if path.is_file():
@@ -103,7 +132,7 @@ def resolve_data_path(name_or_path: str) -> Path:
             f"BABE data not found (looked in {looked}); run `harness data fetch babe` "
             "or set HARNESS_DATA_DIR to the folder holding babe/final_labels_SG2.csv"
         )
-    path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()
     if not path.exists():
         raise HarnessError(
             f"data file {path} does not exist; check the path "
@@ -112,6 +141,22 @@ def resolve_data_path(name_or_path: str) -> Path:
     if not path.is_file():
         raise HarnessError(f"data path {path} is not a file; pass the path of a csv/tsv/jsonl file")
     return path
+
+
+def _check_format(path: Path, delimiter: str | None) -> None:
+    """Refuse by extension, before reading a byte, what is not delimited text or JSONL."""
+    suffix = path.suffix.lower()
+    if suffix in _FOREIGN_FORMATS:
+        what, fix = _FOREIGN_FORMATS[suffix]
+        raise HarnessError(
+            f"{path}: unknown file type '{path.suffix}' ({what}); harness reads {SUPPORTED}; "
+            f"convert it: {fix}"
+        )
+    if suffix not in (*_EXT_DELIMITERS, ".jsonl") and delimiter is None:
+        raise HarnessError(
+            f"{path}: unknown file type '{path.suffix}'; harness reads {SUPPORTED}; "
+            "rename the file to one of these or set data.delimiter"
+        )
 
 
 def load_dataset(
@@ -143,6 +188,7 @@ def load_dataset(
     if max_rows is not None and max_rows < 2:
         raise HarnessError(f"max_rows={max_rows} is too small; use at least 2 (one row per class)")
 
+    _check_format(path, delimiter)
     raw = _read_bytes(path)
     sha256 = hashlib.sha256(raw).hexdigest()
     content = _decode(raw, path)
@@ -152,13 +198,7 @@ def load_dataset(
     if path.suffix.lower() == ".jsonl":
         header, records = _parse_jsonl(content, path)
     else:
-        if delimiter is None:
-            delimiter = _EXT_DELIMITERS.get(path.suffix.lower())
-        if delimiter is None:
-            raise HarnessError(
-                f"{path}: unknown file type '{path.suffix}'; use .csv, .tsv or .jsonl, "
-                "or pass a delimiter"
-            )
+        delimiter = delimiter or _EXT_DELIMITERS[path.suffix.lower()]
         header, records = _parse_delimited(content, path, delimiter)
 
     wanted = {"text": text_column, "label": label_column}
@@ -207,8 +247,6 @@ def load_dataset(
 
     core = {text_column, label_column, group_column}
     extra = {c: [r.values.get(c) for r in records] for c in header if c not in core}
-    if is_babe and _BABE_LIST_COLUMN in extra:
-        extra[_BABE_LIST_COLUMN] = [_parse_word_list(path, r) for r in records]
 
     dataset = Dataset(
         name="babe" if is_babe else path.stem,
@@ -247,12 +285,21 @@ def _decode(raw: bytes, path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        what = next((w for magic, w in _MAGIC.items() if raw.startswith(magic)), None)
+        if what:
+            raise HarnessError(
+                f"{path} is {what}, not text, despite its name; harness reads {SUPPORTED}; "
+                "convert it to one of these"
+            ) from exc
         raise HarnessError(
             f"{path} is not UTF-8 text (bad byte at offset {exc.start}); re-save it as UTF-8"
         ) from exc
 
 
 def _parse_delimited(content: str, path: Path, delimiter: str) -> tuple[list[str], list[_Record]]:
+    # Python's csv module refuses cells over 131,072 characters ("field larger than field
+    # limit"); a long sentence is valid data (the tokenizer truncates it to max_len anyway).
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
     records: list[_Record] = []
     header: list[str] | None = None
@@ -269,6 +316,7 @@ def _parse_delimited(content: str, path: Path, delimiter: str) -> tuple[list[str
                 header = [c.strip() for c in row]
                 if len(header) == 1:
                     raise HarnessError(_one_column_message(path, delimiter, content))
+                _check_unique_columns(path, header)
                 continue
             if len(row) != len(header):
                 raise HarnessError(
@@ -283,6 +331,33 @@ def _parse_delimited(content: str, path: Path, delimiter: str) -> tuple[list[str
     return header or [], records
 
 
+def _check_unique_columns(path: Path, header: list[str]) -> None:
+    """Two columns of one name would silently read as the last one (a study trained on the
+    wrong texts): refuse, naming both positions. Unnamed columns (trailing delimiters of a
+    spreadsheet export) are never selected, so they may repeat."""
+    first: dict[str, int] = {}
+    for position, name in enumerate(header, start=1):
+        if name and name in first:
+            raise HarnessError(
+                f"{path}: column {name!r} appears twice in the header (columns {first[name]} "
+                f"and {position}); rename or remove one of them"
+            )
+        first.setdefault(name, position)
+
+
+class _DuplicateKey(Exception):
+    """A JSON object with one key twice (``json.loads`` would keep the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
+
+
 def _parse_jsonl(content: str, path: Path) -> tuple[list[str], list[_Record]]:
     records: list[_Record] = []
     header: dict[str, None] = {}  # insertion-ordered union of keys
@@ -290,7 +365,12 @@ def _parse_jsonl(content: str, path: Path) -> tuple[list[str], list[_Record]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as exc:
+            raise HarnessError(
+                f"{path}: line {lineno} has key {exc.args[0]!r} twice; "
+                "keep one (JSON would silently use the last)"
+            ) from None
         except json.JSONDecodeError as exc:
             raise HarnessError(
                 f"{path}: line {lineno} is not valid JSON ({exc.msg}); "
@@ -389,26 +469,6 @@ def _check_labels(
     return positive_label
 
 
-def _parse_word_list(path: Path, record: _Record) -> list[str]:
-    """BABE stores annotated words as a Python list literal; literal_eval never runs code."""
-    text = _text_str(record.values.get(_BABE_LIST_COLUMN)).strip()
-    if not text:
-        return []
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError) as exc:
-        raise HarnessError(
-            f"{path}: line {record.line}: '{_BABE_LIST_COLUMN}' is not a list literal "
-            f"({text[:40]!r}); write it like ['word', 'other']"
-        ) from exc
-    if not isinstance(value, list | tuple) or not all(isinstance(w, str) for w in value):
-        raise HarnessError(
-            f"{path}: line {record.line}: '{_BABE_LIST_COLUMN}' must be a list of strings, "
-            f"got {text[:40]!r}; write it like ['word', 'other']"
-        )
-    return list(value)
-
-
 def _stratified_sample(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     """``size`` positions keeping the class ratio (largest-remainder rounding, at least one
     per class), sorted so the subset keeps file order."""
@@ -436,7 +496,7 @@ def fetch_dataset(name: str, dest: Path = Path("data")) -> Path:
         raise HarnessError(
             f"unknown data set {name!r}; known data sets: {', '.join(KNOWN_DATASETS)}"
         )
-    target = Path(dest) / name / BABE_FILENAME
+    target = Path(dest).expanduser() / name / BABE_FILENAME
     if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == BABE_SHA256:
         return target
     url = BABE_URL
@@ -455,8 +515,15 @@ def fetch_dataset(name: str, dest: Path = Path("data")) -> Path:
             f"downloaded BABE from {url} has sha256 {digest}, expected {BABE_SHA256}; nothing "
             "was saved; copy the original final_labels_SG2.csv into data/babe/ instead"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{BABE_FILENAME}.", suffix=".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            dir=target.parent, prefix=f".{BABE_FILENAME}.", suffix=".tmp"
+        )
+    except OSError as exc:
+        raise HarnessError(
+            f"cannot write {target}: {exc.strerror or exc}; pass a writable folder as --dest"
+        ) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)

@@ -113,13 +113,12 @@ def test_babe_real_bom_quotes_and_multiline(babe: Dataset) -> None:
     assert sum("\n" in t for t in babe.texts) == 3
 
 
-def test_babe_real_biased_words_parsed(babe: Dataset) -> None:
+def test_babe_real_biased_words_kept_as_text(babe: Dataset) -> None:
+    """Nothing reads BABE's word lists, so they stay the file's text: a malformed one
+    must not be able to abort a study (issue 8, item 6)."""
     words = babe.extra["biased_words"]
-    assert len(words) == len(babe)
-    assert all(isinstance(w, list) and all(isinstance(x, str) for x in w) for w in words)
-    assert words[0] == []
-    assert words[1] == ["bizarre", "characteristically"]
-    assert any('"held"' in w for w in words), "quotes inside list items survive parsing"
+    assert len(words) == len(babe) and all(isinstance(w, str) for w in words)
+    assert words[1] == "['bizarre', 'characteristically']"
 
 
 def test_babe_real_empty_links_are_singleton_groups(babe: Dataset) -> None:
@@ -196,7 +195,7 @@ def test_synthetic_babe_quirks(babe_dir: Path) -> None:
     ]
     assert ds.labels.tolist() == [1, 0, 0, 1, 0]
     assert ds.row_ids.tolist() == [0, 1, 3, 4, 5]  # row 2 ("No agreement") dropped
-    assert ds.extra["biased_words"] == [["said", '"no"'], [], [], ["orphan"], []]
+    assert ds.extra["biased_words"] == ["['said', '\"no\"']", "[]", "[]", "['orphan']", ""]
     assert ds.extra["outlet"] == ["Fox", "Fox", "CNN", "CNN", "AP"]
     assert ds.groups is not None
     assert ds.groups[0] == ds.groups[1] == "https://a/1"
@@ -295,7 +294,7 @@ def test_subset_keeps_provenance_and_order(babe_dir: Path) -> None:
     assert (sub.name, sub.source, sub.sha256) == (ds.name, ds.source, ds.sha256)
     assert sub.texts == [ds.texts[3], ds.texts[0]]
     assert sub.row_ids.tolist() == [4, 0]
-    assert sub.extra["biased_words"] == [["orphan"], ["said", '"no"']]
+    assert sub.extra["biased_words"] == ["['orphan']", "['said', '\"no\"']"]
     assert len(sub) == 2
 
 
@@ -468,26 +467,55 @@ BAD_INPUTS = [
         "line 2 is not valid JSON",
     ),
     ("json-not-object", bad_file("j.jsonl", '["a", 1]\n'), {}, "line 1 is a JSON list"),
-    (
-        "babe-bad-word-list",
-        bad_file(
-            "babe/final_labels_SG2.csv",
-            BABE_HEADER + "\nb;l;o;t;y;Non-biased;o;[]\na;l;o;t;y;Biased;o;[oops\n",
-        ),
-        {},
-        "line 3: 'biased_words' is not a list literal",
-    ),
-    (
-        "babe-word-list-code",
-        bad_file(
-            "babe/final_labels_SG2.csv",
-            BABE_HEADER
-            + "\nb;l;o;t;y;Non-biased;o;[]\na;l;o;t;y;Biased;o;__import__('os').getcwd()\n",
-        ),
-        {},
-        "'biased_words' is not a list literal",
-    ),
     ("max-rows", bad_file("s.csv", "text,label\na,1\nb,0\n"), {"max_rows": 1}, "max_rows=1"),
+    (
+        "duplicate-column-csv",
+        bad_file("d.csv", "text,label,text\na,1,x\nb,0,y\n"),
+        {},
+        "column 'text' appears twice in the header (columns 1 and 3); rename or remove one",
+    ),
+    (
+        "duplicate-column-tsv-padded",
+        bad_file("d.tsv", "label\ttext\t text \n1\ta\tx\n0\tb\ty\n"),
+        {},
+        "column 'text' appears twice in the header (columns 2 and 3)",
+    ),
+    (
+        "duplicate-key-jsonl",
+        bad_file("d.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": 0, "text": "c"}\n'),
+        {},
+        "line 2 has key 'text' twice",
+    ),
+    (
+        "parquet-by-extension",
+        bad_file("d.parquet", b"PAR1\x15\x04\x15\xff\xfe"),
+        {},
+        "unknown file type '.parquet' (a Parquet file); harness reads .csv, .tsv and .jsonl",
+    ),
+    (
+        "json-by-extension",
+        bad_file("d.json", '[{"text": "a", "label": 1}]'),
+        {},
+        "write one JSON object per line and name it .jsonl",
+    ),
+    (
+        "gzip-by-extension",
+        bad_file("d.csv.gz", b"\x1f\x8b\x08\x00\xff"),
+        {},
+        "unknown file type '.gz' (a compressed file); harness reads .csv, .tsv and .jsonl",
+    ),
+    (
+        "parquet-named-csv",
+        bad_file("d.csv", b"PAR1\x15\x04\x15\xff\xfe"),
+        {},
+        "is a Parquet file, not text, despite its name; harness reads .csv, .tsv and .jsonl",
+    ),
+    (
+        "xlsx-named-csv",
+        bad_file("d.csv", b"PK\x03\x04\x14\x00\xff\xfe"),
+        {},
+        "is a zip archive (an .xlsx workbook is one), not text",
+    ),
 ]
 
 
@@ -507,6 +535,65 @@ def test_bad_inputs(
     assert "\n" not in message, "errors must be one line"
     if path.is_file() and "max_rows" not in kwargs:
         assert str(path) in message, "errors name the file"
+
+
+def test_unsupported_format_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Named by extension alone, even with a delimiter given: the file is never read."""
+
+    def no_read(path: Path) -> bytes:
+        raise AssertionError(f"{path} was read")
+
+    monkeypatch.setattr(data, "_read_bytes", no_read)
+    path = write(tmp_path / "d.xlsx", "text,label\n")
+    with pytest.raises(HarnessError, match=r"Excel workbook\); harness reads \.csv"):
+        load_dataset(str(path), delimiter=",")
+
+
+def test_unknown_extension_with_delimiter_still_reads(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.txt", "text|label\na|1\nb|0\n")
+    assert load_dataset(str(path), delimiter="|").labels.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("filename", ["long.csv", "long.tsv"])
+def test_long_cell_reads(tmp_path: Path, filename: str) -> None:
+    """Python's csv limit is 131,072 characters per cell; a long valid sentence is data."""
+    sep = "," if filename.endswith(".csv") else "\t"
+    long_text = "word " * 40_000 + "x"  # 200,001 characters
+    assert len(long_text) == 200_001
+    path = write(tmp_path / filename, f"text{sep}label\n{long_text}{sep}1\nshort{sep}0\n")
+    ds = load_dataset(str(path))
+    assert ds.texts == [long_text, "short"]
+
+
+def test_unnamed_columns_may_repeat(tmp_path: Path) -> None:
+    """Spreadsheet exports end rows with empty columns; nothing can select them."""
+    ds = load_dataset(str(write(tmp_path / "x.csv", "text,label,,\na,1,,\nb,0,,\n")))
+    assert ds.labels.tolist() == [1, 0]
+
+
+def test_malformed_biased_words_does_not_abort(babe_dir: Path) -> None:
+    path = babe_dir / "babe" / "final_labels_SG2.csv"
+    write(
+        path,
+        BABE_HEADER + "\nb;l;o;t;y;Non-biased;o;[]\na;l;o;t;y;Biased;o;[oops\n"
+        "c;l;o;t;y;Biased;o;__import__('os').getcwd()\n",
+    )
+    ds = load_dataset("babe")
+    assert ds.extra["biased_words"] == ["[]", "[oops", "__import__('os').getcwd()"]
+
+
+def test_tilde_is_expanded_in_data_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write(tmp_path / "d.csv", "text,label\na,1\nb,0\n")
+    assert resolve_data_path("~/d.csv") == tmp_path / "d.csv"
+    assert load_dataset("~/d.csv").source == str(tmp_path / "d.csv")
+    write(tmp_path / "store" / "babe" / "final_labels_SG2.csv", SYNTHETIC_BABE)
+    monkeypatch.setenv("HARNESS_DATA_DIR", "~/store")
+    assert resolve_data_path("babe") == tmp_path / "store" / "babe" / "final_labels_SG2.csv"
+    with pytest.raises(HarnessError, match=f"data file {tmp_path}/nope.csv does not exist"):
+        load_dataset("~/nope.csv")
 
 
 # --- fetch ---------------------------------------------------------------------------------
@@ -549,6 +636,24 @@ def test_fetch_from_local_copy(
     # Already present and intact: no download needed even when offline.
     monkeypatch.setattr(data, "BABE_URL", f"http://127.0.0.1:{closed_port()}/x.csv")
     assert fetch_dataset("babe", tmp_path) == target
+
+
+def test_fetch_into_a_folder_under_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, babe_path: Path
+) -> None:
+    monkeypatch.setattr(data, "BABE_URL", babe_path.as_uri())
+    blocker = write(tmp_path / "file.txt", "x")
+    with pytest.raises(HarnessError, match="pass a writable folder as --dest") as info:
+        fetch_dataset("babe", blocker / "data")
+    assert str(blocker) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_fetch_expands_tilde(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, babe_path: Path
+) -> None:
+    monkeypatch.setattr(data, "BABE_URL", babe_path.as_uri())
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert fetch_dataset("babe", Path("~/d")) == tmp_path / "d" / "babe" / "final_labels_SG2.csv"
 
 
 def test_fetch_unknown_name(tmp_path: Path) -> None:

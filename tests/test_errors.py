@@ -197,12 +197,40 @@ DATA_CASES = [
     ),
     pytest.param("data.csv", rows(n=8), {}, "too few", id="too-few-rows"),
     pytest.param("babe", None, {}, "harness data fetch babe", id="babe-not-downloaded"),
+    pytest.param(
+        "data.csv",
+        rows().replace("text,label,group", "text,label,text"),
+        {},
+        "column 'text' appears twice in the header (columns 1 and 3)",
+        id="duplicate-column",
+    ),
+    pytest.param(
+        "data.parquet",
+        b"PAR1\x15\x04\x15\xff\xfe",
+        {},
+        ("unknown file type '.parquet'", "harness reads .csv, .tsv and .jsonl; convert it"),
+        id="parquet-file",
+    ),
+    pytest.param(
+        "data.xlsx",
+        b"PK\x03\x04\x14\x00\xff\xfe",
+        {},
+        ("unknown file type '.xlsx' (an Excel workbook)", "save it from Excel as 'CSV UTF-8'"),
+        id="xlsx-file",
+    ),
+    pytest.param(
+        "~/nowhere.csv", None, {}, ("data file", "home/nowhere.csv does not exist"), id="tilde-path"
+    ),
 ]
 
 
 @pytest.mark.parametrize(("filename", "content", "replace", "phrases"), DATA_CASES)
 def test_bad_data_file(cli, tmp_path, tiny_bert, filename, content, replace, phrases):
-    data = tmp_path / filename
+    data = (
+        tmp_path / "home" / filename.removeprefix("~/")
+        if filename[0] == "~"
+        else tmp_path / filename
+    )
     if content == "DIR":
         data.mkdir()
     elif isinstance(content, bytes):
@@ -211,12 +239,11 @@ def test_bad_data_file(cli, tmp_path, tiny_bert, filename, content, replace, phr
         data.write_text(content)
     empty_data_dir = tmp_path / "no-data"
     empty_data_dir.mkdir()
-    dataset = "babe" if filename == "babe" else str(data)
+    dataset = filename if filename in ("babe", "~/nowhere.csv") else str(data)
     study = write_study(tmp_path, tiny_bert, dataset, replace=replace)
     before = tree(tmp_path)
-    result = cli(
-        "study", "run", str(study), "--quiet", env={"HARNESS_DATA_DIR": str(empty_data_dir)}
-    )
+    env = {"HARNESS_DATA_DIR": str(empty_data_dir), "HOME": str(tmp_path / "home")}
+    result = cli("study", "run", str(study), "--quiet", env=env)
     assert_user_error(result, phrases, tmp_path, before)
 
 
@@ -603,3 +630,40 @@ def test_minilm_layer_out_of_range(cli, tmp_path):
         tmp_path,
         before,
     )
+
+
+# --- paths the study writes (issue 12) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cache_dir", "phrases"),
+    [
+        pytest.param(
+            "/proc/1",
+            ("attention cache folder /proc/1 is not writable", "cache_dir"),
+            id="cache-dir-refuses-files",
+        ),
+        pytest.param(
+            "{tmp}/data.csv/cache",
+            ("is under a file (", "data.csv is a regular file)"),
+            id="cache-dir-under-a-file",
+        ),
+    ],
+)
+def test_cache_dir_that_cannot_hold_files(cli, tmp_path, tiny_bert, cache_dir, phrases):
+    """Before: /proc/1 hung forever in FileLock; a folder under a file was a traceback."""
+    import time
+
+    data = write_synthetic_csv(tmp_path / "data.csv")
+    cache = cache_dir.format(tmp=tmp_path)
+    study = write_study(
+        tmp_path,
+        tiny_bert,
+        str(data),
+        replace={f'cache_dir: "{tmp_path}/cache"': f"cache_dir: {cache}"},
+    )
+    before = tree(tmp_path)
+    started = time.monotonic()
+    result = cli("study", "run", str(study), "--quiet")
+    assert time.monotonic() - started < 30
+    assert_user_error(result, phrases, tmp_path, before)

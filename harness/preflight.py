@@ -1,0 +1,262 @@
+"""Checks of every path and store a study will use, run before any work is done.
+
+A study that extracts attention for minutes and then finds its SQLite file sits under a
+regular file, or that retries an unreachable tracking server for four minutes, wastes the
+user's time and leaves half-made things behind (a cache entry, an experiment). Each check
+here is cheap (a probe file, one connection, one HTTP GET, a few seconds at most) and
+turns the problem into one ``HarnessError`` line: which path or URL, what is wrong, and
+the fix. The checks create nothing that outlives them: a probe file or folder is removed
+at once, and ``storage_exists`` opens a database read-only to look for Optuna's tables.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.storage import local_path, sqlalchemy_url
+
+#: seconds a store may take to answer before preflight gives up on it
+CONNECT_TIMEOUT_S = 5
+#: MLflow's own HTTP retry settings, bounded: its defaults (7 retries, backoff factor 2,
+#: 120 s timeout) retry a vanished server for about four minutes. These ride out a server
+#: restart of about 15 s (sleeps of 0, 2, 4 and 8 s, plus up to 1 s jitter each) and then
+#: fail the request; a server that is down at the start is caught by ``check_tracking``.
+MLFLOW_RETRY_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+#: a table every Optuna RDB storage has
+_OPTUNA_TABLE = "studies"
+#: how PostgreSQL and MySQL say the database itself is missing
+_NO_DATABASE = re.compile(r'database "[^"]*" does not exist|Unknown database')
+
+
+def bound_mlflow_retries() -> dict[str, str]:
+    """Set MLflow's HTTP retry variables to bounded values unless the user set them, so a
+    tracking server that goes away mid-study fails the trial in seconds, not minutes.
+    Returns the values in effect."""
+    for name, value in MLFLOW_RETRY_ENV.items():
+        os.environ.setdefault(name, value)
+    return {name: os.environ[name] for name in MLFLOW_RETRY_ENV}
+
+
+def check_writable_dir(path: Path | str, what: str, setting: str | None = None) -> None:
+    """``path`` is a folder that exists or can be created, and files can be written in it.
+
+    ``what`` names it in the message ("cache_dir"); ``setting`` says where the user chose
+    it ("cache_dir in the study file"), for the fix.
+    """
+    path = Path(path)
+    problem = _folder_problem(path)
+    if problem:
+        raise HarnessError(
+            f"{what} {path} {problem}; choose another folder{_for(setting)} or fix that one"
+        )
+
+
+def check_writable_file(path: Path | str, what: str, setting: str | None = None) -> None:
+    """``path`` is a file that can be appended to, or that can be created with its folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise HarnessError(f"{what} {path} is a folder, not a file; give the path of a file")
+    problem = _folder_problem(path.parent)
+    if problem and problem.startswith("is a file"):
+        problem = f"is under a file ({path.parent} is a regular file)"
+    elif problem and not problem.startswith(("is under", "cannot be created")):
+        problem = f"cannot be created: its folder {path.parent} {problem}"
+    elif path.exists():
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as exc:
+            problem = f"is not writable ({_os_reason(exc)})"
+    if problem:
+        raise HarnessError(
+            f"{what} {path} {problem}; choose another path{_for(setting)} or fix that one"
+        )
+
+
+def _folder_problem(path: Path) -> str | None:
+    """What stops files being written in folder ``path`` (None: nothing).
+
+    Permission bits cannot answer this (root ignores them; /proc refuses files whatever the
+    bits say), so a probe is created and removed at once: a file in the folder when it
+    exists, a folder in its nearest existing ancestor when it does not.
+    """
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():
+            return f"passes through a broken link ({existing})"
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == path:
+            return "is a file, not a folder"
+        return f"is under a file ({existing} is a regular file)"
+    try:
+        if existing == path:
+            fd, probe = tempfile.mkstemp(dir=path, prefix=".harness-preflight-")
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".harness-preflight-"))
+    except OSError as exc:
+        if existing == path:
+            return f"is not writable ({_os_reason(exc)})"
+        return f"cannot be created: {existing} is not writable ({_os_reason(exc)})"
+    return None
+
+
+def check_storage(url: str) -> None:
+    """The Optuna storage at ``url`` can be written (file stores) or answers (databases)."""
+    path = local_path(url)
+    if path is not None:
+        check_writable_file(path, "Optuna storage", "--storage")
+    elif url.startswith("sqlite:"):
+        return  # sqlite:// with no path is an in-memory database
+    else:
+        _connect(url, "Optuna storage", "--storage")
+
+
+def check_tracking(uri: str) -> None:
+    """The MLflow tracking store at ``uri`` can be written, or its server answers."""
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        check_writable_file(path, "MLflow tracking store", "--tracking-uri")
+    elif "://" in uri and not uri.startswith(("sqlite:", "databricks", "file:")):
+        _connect(uri, "MLflow tracking store", "--tracking-uri")
+
+
+def storage_exists(url: str) -> bool:
+    """Whether an Optuna storage is at ``url``, found without creating one: read-only
+    commands must not leave a database or Optuna's tables behind just by looking."""
+    path = local_path(url)
+    if path is not None:
+        return path.is_file()
+    if url.startswith("sqlite:"):
+        return False
+    import sqlalchemy
+
+    engine = _engine(url)
+    try:
+        with engine.connect() as connection:
+            return sqlalchemy.inspect(connection).has_table(_OPTUNA_TABLE)
+    except Exception as exc:  # noqa: BLE001 - any driver's error becomes one line
+        if _NO_DATABASE.search(str(exc)):
+            return False
+        raise _unreachable(url, "Optuna storage", "--storage", exc) from None
+    finally:
+        engine.dispose()
+
+
+def _engine(url: str):
+    """An engine that holds no pooled connection and gives up connecting after a few
+    seconds (drivers otherwise wait for the operating system's TCP timeout)."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    full = sqlalchemy_url(url)
+    connect_args = {}
+    if full.startswith(("postgresql", "mysql")):
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    try:
+        return sqlalchemy.create_engine(full, poolclass=NullPool, connect_args=connect_args)
+    except Exception as exc:  # noqa: BLE001 - unknown dialect, missing driver, bad URL
+        raise HarnessError(
+            f"cannot use store URL {_hide_password(url)}: {_first_line(exc)}; "
+            "use sqlite:///…, journal:///… or postgresql://user@host/db"
+        ) from None
+
+
+def _connect(url: str, what: str, option: str) -> None:
+    engine = _engine(url)
+    try:
+        with engine.connect():
+            pass
+    except Exception as exc:  # noqa: BLE001 - any driver's error becomes one line
+        raise _unreachable(url, what, option, exc) from None
+    finally:
+        engine.dispose()
+
+
+def _unreachable(url: str, what: str, option: str, exc: Exception) -> HarnessError:
+    from sqlalchemy.engine import make_url
+
+    text = str(getattr(exc, "orig", None) or exc)
+    parsed = make_url(sqlalchemy_url(url))
+    default_port = 3306 if parsed.get_backend_name() == "mysql" else 5432
+    at = f"{parsed.host or 'localhost'}:{parsed.port or default_port}"
+    if "Connection refused" in text:
+        reason = f"connection refused at {at}"
+    elif "timeout expired" in text or "timed out" in text:
+        reason = f"no answer from {at} within {CONNECT_TIMEOUT_S} s"
+    else:
+        reason = _first_line(exc).split("failed: ")[-1].removeprefix("FATAL:").strip()
+    return HarnessError(
+        f"{what} {_hide_password(url)} is not reachable ({reason}); "
+        f"start the database server, create the database, or fix {option}"
+    )
+
+
+def _check_server(uri: str) -> None:
+    health = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=CONNECT_TIMEOUT_S) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ConnectionRefusedError):
+            why = "connection refused"
+        elif isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            why = f"no answer within {CONNECT_TIMEOUT_S} s"
+        else:
+            why = _os_reason(reason) if isinstance(reason, OSError) else str(reason)
+        raise HarnessError(
+            f"MLflow tracking server at {uri} is not reachable ({why}); "
+            "start it or fix --tracking-uri"
+        ) from None
+    if status != 200:
+        raise HarnessError(
+            f"MLflow tracking server at {uri} answered GET /health with HTTP {status}; "
+            "check that the URL points at an MLflow server (mlflow server) or fix --tracking-uri"
+        )
+
+
+def _for(setting: str | None) -> str:
+    return f" for {setting}" if setting else ""
+
+
+def _hide_password(url: str) -> str:
+    if "@" not in url or "://" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - show it as given, it will fail its check anyway
+        return url
+    return parsed.render_as_string(hide_password=True)
+
+
+def _os_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOENT:
+        return "its file system refuses new files"  # /proc and the like
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return (exc.strerror or errno.errorcode.get(exc.errno, str(exc))).lower()
+    return str(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
