@@ -204,15 +204,8 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from harness import __version__
-
-    parser = _Parser(
-        prog="harness", description="Probe what the attention maps of an encoder know."
-    )
-    parser.add_argument("--version", action="version", version=f"harness {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_study_commands(sub: argparse._SubParsersAction) -> None:
+    """``harness study run`` and ``harness study best``."""
     study = sub.add_parser("study", help="run and inspect studies").add_subparsers(
         dest="study_command", metavar="COMMAND", required=True
     )
@@ -249,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     best.add_argument("--top", type=_positive_int, default=10)
     best.set_defaults(func=cmd_study_best, quiet=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness import __version__
+
+    parser = _Parser(
+        prog="harness", description="Probe what the attention maps of an encoder know."
+    )
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _add_study_commands(sub)
 
     predict = sub.add_parser("predict", help="predict with a logged trial")
     predict.add_argument("run_id", help="MLflow run id of a trial (or runs:/ID)")

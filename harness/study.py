@@ -22,7 +22,6 @@ from pathlib import Path
 import optuna
 import torch
 
-from harness import __version__
 from harness.attention import AttentionCache, extract_attention
 from harness.callbacks import ProgressLine, SkipSurplus, StopAtTarget, StopOnFailures, UpdateParent
 from harness.config import StudyConfig, check_encoder, load_study_file
@@ -39,16 +38,18 @@ from harness.storage import (
     validate_storage_url,
 )
 from harness.threads import train_threads
-from harness.tracking import Tracker, default_tracking_uri, dumps, validate_tracking_uri
+from harness.tracking import Tracker, default_tracking_uri, validate_tracking_uri
 from harness.trial import Objective, StudyContext, TrialFailed
-from harness.workers import PARENT_ATTR, fail_dead_trials, lease_dir, stale_handler, start_workers
+from harness.workers import (
+    CREATOR_ATTR,
+    fail_dead_trials,
+    lease_dir,
+    parent_run,
+    stale_handler,
+    start_workers,
+)
 
 log = logging.getLogger("harness")
-
-#: study user attribute: the worker that created the study
-CREATOR_ATTR = "creator"
-#: how long a worker that did not create the study waits for its creator's parent run
-PARENT_WAIT_S = 60.0
 
 
 @dataclass
@@ -239,7 +240,7 @@ def open_stores(p: Prepared) -> Iterator[StudySession]:
         # trials of killed workers end as FAIL now, even when none are left to run
         fail_dead_trials(study)
         lease.prune()
-        parent_id = _parent_run(tracker, study, created, lease, p)
+        parent_id = parent_run(tracker, study, created, lease, p)
         ctx = StudyContext(
             config,
             p.dataset,
@@ -270,57 +271,6 @@ def _open_study(config: StudyConfig, storage) -> tuple[optuna.Study, bool]:
         return optuna.create_study(direction="maximize", **kwargs), True
     except optuna.exceptions.DuplicatedStudyError:
         return optuna.load_study(**kwargs), False
-
-
-def _parent_run(
-    tracker: Tracker, study: optuna.Study, created: bool, lease: WorkerLease, p: Prepared
-) -> str:
-    """The study's one parent run. The process that created the study creates it; every
-    other process (a continued study, or workers that started at the same moment) uses
-    the one the study names, waiting for it if the creator is still making it. Only if
-    the creator died first, or the run was purged, is a new one made."""
-    config = p.config
-    if not created:
-        known = _wait_for_parent(study, lease)
-        if known is not None and tracker.reopen_parent(known):
-            return known
-        log.warning(
-            "study %r has no MLflow parent run (%s); creating one",
-            config.name,
-            "its run was purged" if known else "the process that created the study stopped",
-        )
-    parent_id = tracker.create_parent(config.name)
-    tracker.log_files(parent_id, {"study.yaml": p.text, "split.json": dumps(p.split.to_dict())})
-    params = {
-        "encoder": config.encoder.name,
-        "encoder_fingerprint": p.encoder.fingerprint[:16],
-        "max_len": config.encoder.max_len,
-        "data": config.data.dataset,
-        "data_sha256": p.dataset.sha256,
-        "n_rows": len(p.dataset),
-        "split_seed": config.split.seed,
-        "split_sizes": f"{len(p.split.train)},{len(p.split.val)},{len(p.split.test)}",
-        "group_by": p.split.group_by or "none",
-        "sampler": config.sampler.name,
-        "pruner": config.pruner.name,
-        "harness_version": __version__,
-    }
-    tracker.log_params(parent_id, params)
-    study.set_user_attr(PARENT_ATTR, parent_id)
-    return parent_id
-
-
-def _wait_for_parent(study: optuna.Study, lease: WorkerLease) -> str | None:
-    """The parent run id the study names; while it names none, wait for the creator to
-    register it, unless the creator is seen dead or ``PARENT_WAIT_S`` passes."""
-    deadline = time.monotonic() + PARENT_WAIT_S
-    while True:
-        attrs = study.user_attrs
-        if PARENT_ATTR in attrs:
-            return attrs[PARENT_ATTR]
-        if lease.alive(attrs.get(CREATOR_ATTR)) is False or time.monotonic() > deadline:
-            return None
-        time.sleep(0.5)
 
 
 def run_trials(p: Prepared, session: StudySession) -> None:

@@ -1,7 +1,10 @@
-"""Worker processes of one study: leases, dead-trial cleanup, and helper processes.
+"""Worker processes of one study: leases, the parent run they share, dead-trial cleanup,
+and helper processes.
 
-Each process holds a lease (``harness.storage.WorkerLease``) for its whole life; the
-storage's heartbeat and those leases tell a dead worker's trials from slow ones, which
+Every process that runs a study, on any machine, logs under one MLflow parent run: the
+one that created the Optuna study creates it, the others wait for it. Each process
+holds a lease (``harness.storage.WorkerLease``) for its whole life; the storage's
+heartbeat and those leases tell a dead worker's trials from slow ones, which
 ``fail_dead_trials`` ends as FAIL (their MLflow runs KILLED). ``--workers N`` starts
 N - 1 helpers through this module's own entry point (``python -m harness.workers``),
 which runs the same study on the same stores.
@@ -14,21 +17,30 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 
+from harness import __version__
 from harness.attention import default_cache_dir
 from harness.config import StudyConfig
 from harness.errors import HarnessError
-from harness.storage import StaleCallback
-from harness.tracking import Tracker
+from harness.storage import StaleCallback, WorkerLease
+from harness.tracking import Tracker, dumps
+
+if TYPE_CHECKING:
+    from harness.study import Prepared
 
 log = logging.getLogger("harness")
 
-#: study user attribute naming the MLflow parent run
+#: study user attributes: the MLflow parent run, and the worker that created the study
 PARENT_ATTR = "mlflow_parent_run_id"
+CREATOR_ATTR = "creator"
+#: how long a worker that did not create the study waits for its creator's parent run
+PARENT_WAIT_S = 60.0
 
 
 def lease_dir(config: StudyConfig) -> Path:
@@ -60,6 +72,57 @@ def stale_handler(tracker: Tracker) -> StaleCallback:
         )
 
     return on_stale
+
+
+def parent_run(
+    tracker: Tracker, study: optuna.Study, created: bool, lease: WorkerLease, p: Prepared
+) -> str:
+    """The study's one parent run. The process that created the study creates it; every
+    other process (a continued study, or workers that started at the same moment) uses
+    the one the study names, waiting for it if the creator is still making it. Only if
+    the creator died first, or the run was purged, is a new one made."""
+    config = p.config
+    if not created:
+        known = _wait_for_parent(study, lease)
+        if known is not None and tracker.reopen_parent(known):
+            return known
+        log.warning(
+            "study %r has no MLflow parent run (%s); creating one",
+            config.name,
+            "its run was purged" if known else "the process that created the study stopped",
+        )
+    parent_id = tracker.create_parent(config.name)
+    tracker.log_files(parent_id, {"study.yaml": p.text, "split.json": dumps(p.split.to_dict())})
+    params = {
+        "encoder": config.encoder.name,
+        "encoder_fingerprint": p.encoder.fingerprint[:16],
+        "max_len": config.encoder.max_len,
+        "data": config.data.dataset,
+        "data_sha256": p.dataset.sha256,
+        "n_rows": len(p.dataset),
+        "split_seed": config.split.seed,
+        "split_sizes": f"{len(p.split.train)},{len(p.split.val)},{len(p.split.test)}",
+        "group_by": p.split.group_by or "none",
+        "sampler": config.sampler.name,
+        "pruner": config.pruner.name,
+        "harness_version": __version__,
+    }
+    tracker.log_params(parent_id, params)
+    study.set_user_attr(PARENT_ATTR, parent_id)
+    return parent_id
+
+
+def _wait_for_parent(study: optuna.Study, lease: WorkerLease) -> str | None:
+    """The parent run id the study names; while it names none, wait for the creator to
+    register it, unless the creator is seen dead or ``PARENT_WAIT_S`` passes."""
+    deadline = time.monotonic() + PARENT_WAIT_S
+    while True:
+        attrs = study.user_attrs
+        if PARENT_ATTR in attrs:
+            return attrs[PARENT_ATTR]
+        if lease.alive(attrs.get(CREATOR_ATTR)) is False or time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
 
 
 def start_workers(

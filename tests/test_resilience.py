@@ -29,9 +29,9 @@ from harness.config import load_config
 from harness.encoder import load_encoder
 from harness.errors import HarnessError
 from harness.storage import WORKER_ATTR, WorkerLease, make_storage
-from harness.study import PARENT_ATTR, run_study
+from harness.study import run_study
 from harness.tracking import Tracker
-from harness.workers import lease_dir
+from harness.workers import PARENT_ATTR, lease_dir
 from tests.conftest import study_yaml, write_synthetic_csv
 
 MAX_LEN = 32
