@@ -250,8 +250,7 @@ class ReaderModel:
         x, lengths = (torch.from_numpy(a) for a in inputs)
         seed_everything(self.settings.seed)  # the initial weights repeat too
         self.module = self._build()
-        result = train(self.module, x, lengths, labels, train_idx, val_idx, self.settings, on_epoch)
-        return FitResult(result.best_epoch, result.best_val_auc, result.history)
+        return train(self.module, x, lengths, labels, train_idx, val_idx, self.settings, on_epoch)
 
     def predict_proba(
         self, inputs: tuple[np.ndarray, np.ndarray], idx: np.ndarray | None = None
