@@ -7,13 +7,17 @@ importing torch, MLflow and Optuna.
 
 import os
 from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 # OpenMP threads that wait must sleep, not spin (harness/threads.py says why). libgomp
 # reads this once, when torch loads, so it is set before any harness module imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
+try:  # one source: the package metadata (pyproject.toml)
+    __version__ = version("harness")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 _EXPORTS = {
     "AttentionCache": "harness.attention",

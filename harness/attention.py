@@ -202,11 +202,14 @@ class AttentionCache:
 
     def features(
         self,
-        layers: list[int] | tuple[int, ...] | None = None,
+        layers: FeatureSpec | list[int] | tuple[int, ...] | None = None,
         heads: str | int | list[int] | None = "all",
         reducer: str = "sum",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Reduced maps of every sentence: ``([N, max_len, F] float32, lengths [N])``.
+
+        Takes a ``FeatureSpec`` (what trials pass), or its parts in the spellings a
+        notebook user types (``layers=None`` for all layers, ``heads="all"`` or ``[0, 7]``).
 
         Rows and columns past a sentence's length are zero. Only the chosen layers' files
         are read, in sequential chunks; only the chosen heads are reduced. The last result
@@ -215,11 +218,13 @@ class AttentionCache:
         6× that for concat of 6 layers) while rebuilding one from the page cache takes
         about a second, a few percent of a trial (BENCHMARKS.md, row 3).
         """
-        spec = FeatureSpec(
-            tuple(range(self.num_layers)) if layers is None else tuple(layers),
-            parse_heads(heads),
-            reducer,
-        )
+        if isinstance(layers, FeatureSpec):
+            spec = layers
+        else:
+            all_layers = tuple(range(self.num_layers))
+            spec = FeatureSpec(
+                all_layers if layers is None else tuple(layers), parse_heads(heads), reducer
+            )
         if self._memo is not None and self._memo[0] == spec:
             return self._memo[1]
         bad = [x for x in spec.layers if not 0 <= x < self.num_layers]

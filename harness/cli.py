@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from harness.config import validate_storage_url, validate_tracking_uri
 from harness.errors import HarnessError
 
 EXIT_USER_ERROR = 2
@@ -49,7 +48,6 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 
 _positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
 
 
 def _positive_seconds(text: str) -> float:
@@ -71,11 +69,16 @@ def _port(text: str) -> int:
     return value
 
 
-def _url(check: Callable[[str], str]) -> Callable[[str], str]:
-    """An argparse type from a config validator, so the CLI and study files accept the
-    same URLs and say the same thing about bad ones."""
+def _url(store: str) -> Callable[[str], str]:
+    """An argparse type from the store's own validator (``harness.storage`` or
+    ``harness.tracking``), so the CLI and study files accept the same URLs and say the
+    same thing about bad ones. Imported when a flag is given: ``--help`` stays quick."""
 
     def parse(text: str) -> str:
+        if store == "storage":
+            from harness.storage import validate_storage_url as check
+        else:
+            from harness.tracking import validate_tracking_uri as check
         try:
             return check(text)
         except ValueError as exc:
@@ -96,7 +99,8 @@ def _require_store(url: str, flag: str, what: str) -> None:
         )
 
 
-def _setup_logging(quiet: bool) -> None:
+def setup_logging(quiet: bool) -> None:
+    """Info logs unless quiet; the libraries' chatter stays at warnings."""
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
@@ -110,7 +114,9 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def cmd_study_run(args: argparse.Namespace) -> int:
-    from harness.study import describe_finished, format_table, run_study
+    from harness.report import describe_finished, format_table
+    from harness.study import run_study
+    from harness.tracking import default_tracking_uri
 
     summary = run_study(
         args.file,
@@ -121,8 +127,6 @@ def cmd_study_run(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.quiet,
     )
-    if args.worker_index:
-        return 0
     print(f"\nstudy {summary.name}: {describe_finished(summary.n_finished, summary.n_pruned)}")
     print(format_table(summary.rows))
     if summary.best_trial is not None:
@@ -135,7 +139,7 @@ def cmd_study_run(args: argparse.Namespace) -> int:
         print(f'predict with: harness predict {best["run_id"]} "Some sentence."')
     ui = "harness ui" + (
         f" --tracking-uri {summary.tracking_uri}"
-        if summary.tracking_uri != "sqlite:///mlruns/mlflow.db"
+        if summary.tracking_uri != default_tracking_uri()
         else ""
     )
     print(f"open the MLflow UI with: {ui}   (then http://127.0.0.1:5000)")
@@ -145,18 +149,18 @@ def cmd_study_run(args: argparse.Namespace) -> int:
 def cmd_study_best(args: argparse.Namespace) -> int:
     import optuna
 
-    from harness.storage import make_storage
-    from harness.study import describe_finished, format_table, n_finished, n_pruned, trial_rows
+    from harness.report import describe_finished, format_table, n_finished, n_pruned, trial_rows
+    from harness.storage import DEFAULT_STORAGE, make_storage
 
-    _require_store(args.storage, "--storage", "Optuna storage")
-    storage = make_storage(args.storage)
+    url = args.storage or DEFAULT_STORAGE
+    _require_store(url, "--storage", "Optuna storage")
+    storage = make_storage(url)
     try:
         study = optuna.load_study(study_name=args.name, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise HarnessError(
-            f"no study named {args.name!r} in {args.storage}; studies there: "
-            f"{', '.join(names) or '(none)'}"
+            f"no study named {args.name!r} in {url}; studies there: {', '.join(names) or '(none)'}"
         ) from None
     print(f"study {args.name}: {describe_finished(n_finished(study), n_pruned(study))}")
     print(format_table(trial_rows(study, top=args.top)))
@@ -200,15 +204,8 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from harness import __version__
-
-    parser = _Parser(
-        prog="harness", description="Probe what the attention maps of an encoder know."
-    )
-    parser.add_argument("--version", action="version", version=f"harness {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_study_commands(sub: argparse._SubParsersAction) -> None:
+    """``harness study run`` and ``harness study best``."""
     study = sub.add_parser("study", help="run and inspect studies").add_subparsers(
         dest="study_command", metavar="COMMAND", required=True
     )
@@ -222,39 +219,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--storage",
-        type=_url(validate_storage_url),
+        type=_url("storage"),
         help="Optuna storage URL (sqlite:///…, journal:///…, postgresql://…)",
     )
     run.add_argument(
         "--tracking-uri",
-        type=_url(validate_tracking_uri),
+        type=_url("tracking"),
         help="MLflow tracking URI (sqlite:///… or http://host:port)",
     )
     run.add_argument(
         "--workers", type=_positive_int, default=1, help="worker processes on this machine"
     )
-    run.add_argument("--worker-index", type=_non_negative_int, default=0, help=argparse.SUPPRESS)
     run.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
     run.set_defaults(func=cmd_study_run)
 
     best = study.add_parser("best", help="table of a study's best trials with CIs")
     best.add_argument("name")
     best.add_argument(
-        "--storage", type=_url(validate_storage_url), default="sqlite:///mlruns/optuna.db"
+        "--storage",
+        type=_url("storage"),
+        help="Optuna storage URL (default: sqlite:///mlruns/optuna.db)",
     )
     best.add_argument("--top", type=_positive_int, default=10)
     best.set_defaults(func=cmd_study_best, quiet=True)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    from harness import __version__
+
+    parser = _Parser(
+        prog="harness", description="Probe what the attention maps of an encoder know."
+    )
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    _add_study_commands(sub)
+
     predict = sub.add_parser("predict", help="predict with a logged trial")
     predict.add_argument("run_id", help="MLflow run id of a trial (or runs:/ID)")
     predict.add_argument("texts", nargs="+", help="sentences to score")
-    predict.add_argument("--tracking-uri", type=_url(validate_tracking_uri))
+    predict.add_argument("--tracking-uri", type=_url("tracking"))
     predict.set_defaults(func=cmd_predict, quiet=True)
 
     ui = sub.add_parser("ui", help="MLflow UI over the project's store (127.0.0.1)")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=_port, default=5000)
-    ui.add_argument("--tracking-uri", type=_url(validate_tracking_uri))
+    ui.add_argument("--tracking-uri", type=_url("tracking"))
     ui.set_defaults(func=cmd_ui, quiet=True)
 
     data = sub.add_parser("data", help="data sets").add_subparsers(
@@ -270,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(getattr(args, "quiet", False))
+    setup_logging(getattr(args, "quiet", False))
     try:
         return args.func(args)
     except HarnessError as exc:

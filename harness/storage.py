@@ -1,4 +1,4 @@
-"""Optuna storage chosen by URL, always with a heartbeat.
+"""Optuna storage: URLs (checked here), opened always with a heartbeat.
 
 * ``sqlite:///mlruns/optuna.db`` (default): one process at a time.
 * ``journal:///path/optuna.log``: Optuna's journal file, safe for several processes on
@@ -46,10 +46,49 @@ from harness.errors import HarnessError
 
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
 #: trial user attribute naming the worker (lease token) that runs the trial
 WORKER_ATTR = "worker"
 #: tries to open a database storage whose tables other workers may be creating
 CREATE_ATTEMPTS = 5
+
+
+def url_scheme(url: str) -> str | None:
+    """``postgresql+psycopg2://…`` -> ``postgresql``; ``None`` for what is not a URL."""
+    match = _URL_SCHEME.match(url)
+    return match.group(1).split("+")[0].lower() if match else None
+
+
+def check_url(url: str, what: str, examples: str) -> None:
+    """A URL at all, and a well-formed SQLite one (shared with ``harness.tracking``)."""
+    if url_scheme(url) is None:
+        raise ValueError(f"{what} {url!r} is not a URL; use {examples}")
+    if url.startswith("sqlite:") and (not url.startswith("sqlite:///") or url == "sqlite:///"):
+        raise ValueError(
+            f"{what} {url!r}: an SQLite URL is sqlite:/// followed by a file path, e.g. "
+            "sqlite:///mlruns/x.db (relative) or sqlite:////abs/path/x.db"
+        )
+
+
+def validate_storage_url(url: str) -> str:
+    """An Optuna storage URL the harness can open; raises ``ValueError`` saying what to write.
+
+    Checked before any work so that a typo does not surface after the attention cache
+    is built."""
+    if url.startswith("journal:"):
+        if not url.removeprefix("journal:").strip("/"):
+            raise ValueError(
+                f"storage {url!r} names no file; use e.g. journal:///mlruns/optuna.log"
+            )
+        return url
+    check_url(
+        url,
+        "storage",
+        "sqlite:///mlruns/optuna.db, journal:///mlruns/optuna.log or postgresql://user@host/db",
+    )
+    return url
 
 
 def heartbeat_interval() -> int:
@@ -205,7 +244,8 @@ def local_path(url: str) -> Path | None:
 def make_storage(
     url: str, on_stale: StaleCallback | None = None, lease: WorkerLease | None = None
 ) -> optuna.storages.BaseStorage:
-    """Open the storage at ``url``; failures are user errors that say what to check.
+    """Open the storage at ``url`` (checked by ``validate_storage_url``); failures are
+    user errors that say what to check.
 
     ``on_stale`` runs for each trial found dead; ``lease`` (this worker's) lets the stale
     check consult the other workers' leases on this machine.
@@ -218,14 +258,9 @@ def make_storage(
         storage = JournalFileStorage(path, interval, grace, on_stale)
         storage.lease = lease
         return storage
-    if "://" not in url:
-        raise HarnessError(
-            f"storage {url!r} is not a URL; use sqlite:///mlruns/optuna.db, "
-            "journal:///path/optuna.log or postgresql://user@host/db"
-        )
     engine_kwargs, init_lock = None, nullcontext()
     if url.startswith("sqlite:///"):
-        db = Path(url.removeprefix("sqlite:///"))
+        db = local_path(url)
         db.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
         init_lock = sqlite_init_lock(db)

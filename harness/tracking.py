@@ -1,25 +1,81 @@
-"""MLflow: one experiment per study, a parent run per study, a child run per trial.
+"""MLflow: tracking URIs, writing a study's runs (``Tracker``), reading them (``RunReader``).
 
+One experiment per study, a parent run per study, a child run per trial (or baseline).
 Everything goes through ``MlflowClient`` with explicit run ids, never the global
 "active run", so trials in parallel threads or processes cannot log into each other.
+Every command finds the store the same way: ``--tracking-uri`` > ``$MLFLOW_TRACKING_URI``
+> the study file's ``tracking_uri`` > ``DEFAULT_TRACKING_URI``.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness.errors import HarnessError
-from harness.storage import sqlalchemy_url, sqlite_init_lock
+from harness.storage import check_url, local_path, sqlalchemy_url, sqlite_init_lock, url_scheme
 
 ROLE_TAG = "harness.role"
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+#: tracking stores MLflow can open (SQLAlchemy dialects take a ``+driver`` suffix)
+_TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+
+
+def validate_tracking_uri(uri: str) -> str:
+    """An MLflow tracking URI the harness can open; raises ``ValueError`` saying what to write.
+
+    A plain path would select MLflow's file store, which MLflow >= 3.7 refuses, and only
+    after the attention cache was built."""
+    examples = "sqlite:///mlruns/mlflow.db or http://host:5000"
+    if uri == "databricks":
+        return uri
+    check_url(uri, "tracking URI", examples)
+    scheme = url_scheme(uri)
+    if scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() != "true":
+        raise ValueError(
+            f"tracking URI {uri!r} selects MLflow's file store, which MLflow no longer accepts; "
+            f"use {examples}"
+        )
+    if scheme != "file" and scheme not in _TRACKING_SCHEMES:
+        raise ValueError(
+            f"tracking URI {uri!r} has an unknown scheme {scheme!r}; use {examples} "
+            f"(schemes: {', '.join(_TRACKING_SCHEMES)})"
+        )
+    return uri
+
+
+def default_tracking_uri(flag: str | None = None, configured: str | None = None) -> str:
+    """The store a command uses: ``flag`` > ``$MLFLOW_TRACKING_URI`` > ``configured`` (a
+    study file's) > ``DEFAULT_TRACKING_URI``. Flags and study files were checked when
+    parsed; the environment's value is checked here."""
+    if flag:
+        return flag
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        try:
+            return validate_tracking_uri(env)
+        except ValueError as exc:
+            raise HarnessError(f"MLFLOW_TRACKING_URI: {exc}") from None
+    return configured or DEFAULT_TRACKING_URI
+
+
+def check_tracking_uri(uri: str) -> None:
+    """A missing local store is a mistake to report, not an empty database to create."""
+    path = local_path(uri)
+    if path is not None and not path.exists():
+        raise HarnessError(
+            f"no MLflow store at {path}; run a study first "
+            "(harness study run FILE) or pass --tracking-uri"
+        )
 
 
 def _now_ms() -> int:
@@ -34,9 +90,9 @@ def is_local_store(tracking_uri: str) -> bool:
 def _init_lock(tracking_uri: str) -> AbstractContextManager:
     """MLflow creates the tables of a new SQLite store without a lock, so workers that start
     together would each run the migrations and fail: open it under a file lock."""
-    if not tracking_uri.startswith("sqlite:///"):
+    db = local_path(tracking_uri)
+    if db is None:
         return nullcontext()
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     return sqlite_init_lock(db)
 
@@ -90,22 +146,29 @@ class Tracker:
         self.client.update_run(run_id, status="RUNNING")
         return True
 
+    def start_child(
+        self,
+        parent_id: str,
+        run_name: str,
+        role: str,
+        params: dict[str, str],
+        tags: dict[str, str] | None = None,
+    ) -> str:
+        """A child run of the study's parent: a trial, or a baseline fitted beside them."""
+        tags = {"mlflow.parentRunId": parent_id, ROLE_TAG: role, **(tags or {})}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
     def start_trial(
         self, parent_id: str, study_name: str, number: int, params: dict[str, str]
     ) -> str:
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"trial-{number}",
-            tags={
-                "mlflow.parentRunId": parent_id,
-                ROLE_TAG: "trial",
-                "optuna.study_name": study_name,
-                "optuna.trial_number": str(number),
-                "optuna.state": "RUNNING",
-            },
-        )
-        self.log_params(run.info.run_id, params)
-        return run.info.run_id
+        tags = {
+            "optuna.study_name": study_name,
+            "optuna.trial_number": str(number),
+            "optuna.state": "RUNNING",
+        }
+        return self.start_child(parent_id, f"trial-{number}", "trial", params, tags)
 
     def log_params(self, run_id: str, params: dict[str, object]) -> None:
         self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -124,6 +187,10 @@ class Tracker:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(content if isinstance(content, bytes) else content.encode())
             self.client.log_artifacts(run_id, tmp)
+
+    def log_dir(self, run_id: str, directory: Path) -> None:
+        """Upload the files under ``directory`` at the same relative paths."""
+        self.client.log_artifacts(run_id, str(directory))
 
     def end(self, run_id: str, state: str, reason: str | None = None) -> None:
         """Close a run: COMPLETE/PRUNED -> FINISHED, FAIL -> FAILED, with the Optuna state
@@ -157,19 +224,85 @@ class Tracker:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def finish_parent(self, run_id: str, status: str = "FINISHED") -> None:
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        """End a parent or baseline run (trials end with ``end``, which tags their state)."""
         self.client.set_terminated(run_id, status=status, end_time=_now_ms())
 
 
-def get_run_or_fail(client: MlflowClient, run_id: str):
-    """Fetch a run, turning 'not found' into a one-line user error."""
-    try:
-        return client.get_run(run_id)
-    except Exception:
-        raise HarnessError(
-            f"run {run_id!r} not found in tracking store {client.tracking_uri}; "
-            "list runs with `harness study best NAME` or pass --tracking-uri"
-        ) from None
+def parse_run_ref(ref: str) -> str:
+    """Accept ``RUN_ID`` or ``runs:/RUN_ID[/model]``."""
+    if ref.startswith("runs:/"):
+        ref = ref.removeprefix("runs:/").split("/")[0]
+    if not ref or not ref.isalnum():
+        raise HarnessError(f"{ref!r} is not a run id; copy one from `harness study best NAME`")
+    return ref
+
+
+class RunReader:
+    """The read side of a tracking store: a study's runs, a run's params, tags, metrics,
+    model and predictions. ``predict`` reads through it, and so will ``compare`` and
+    ``report``, so run-reading code lives in one place."""
+
+    def __init__(self, tracking_uri: str | None = None):
+        self.tracking_uri = default_tracking_uri(tracking_uri)
+        check_tracking_uri(self.tracking_uri)
+        self.client = MlflowClient(sqlalchemy_url(self.tracking_uri))
+
+    def run(self, ref: str) -> Run:
+        """Run ``ref`` (an id or ``runs:/ID``), or a one-line user error."""
+        run_id = parse_run_ref(ref)
+        try:
+            return self.client.get_run(run_id)
+        except Exception:
+            raise HarnessError(
+                f"run {run_id!r} not found in tracking store {self.client.tracking_uri}; "
+                "list runs with `harness study best NAME` or pass --tracking-uri"
+            ) from None
+
+    def study_runs(self, study_name: str) -> tuple[Run | None, list[Run]]:
+        """The study's parent run (``None`` if it has none) and its child runs."""
+        experiment = self.client.get_experiment_by_name(study_name)
+        if experiment is None:
+            raise HarnessError(
+                f"no study named {study_name!r} in tracking store {self.tracking_uri}; "
+                "check the name or pass --tracking-uri"
+            )
+        runs = self.client.search_runs([experiment.experiment_id], max_results=50000)
+        parent = next((r for r in runs if r.data.tags.get(ROLE_TAG) == "study"), None)
+        if parent is None:
+            return None, []
+        parent_id = parent.info.run_id
+        return parent, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+    def download_model(self, ref: str, dst: Path) -> Path:
+        """The run's ``model/`` folder, downloaded under ``dst``."""
+        run_id = self.run(ref).info.run_id
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        try:
+            return Path(self.client.download_artifacts(run_id, "model", str(dst)))
+        except Exception:
+            raise HarnessError(
+                f"run {run_id} has no model artifacts (a pruned or failed trial?); "
+                "choose a COMPLETE trial from `harness study best NAME`"
+            ) from None
+
+    def model_config(self, ref: str) -> dict:
+        """The run's ``model/config.json``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads((self.download_model(ref, Path(tmp)) / "config.json").read_text())
+
+    def predictions(self, ref: str, split: str = "test") -> list[dict[str, str]]:
+        """Rows of ``predictions/{split}.csv``: ``row_id``, ``label``, ``probability``."""
+        run_id = self.run(ref).info.run_id
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = self.client.download_artifacts(run_id, f"predictions/{split}.csv", tmp)
+            except Exception:
+                raise HarnessError(
+                    f"run {run_id} has no {split} predictions (a pruned or failed trial?)"
+                ) from None
+            with open(local, newline="") as fh:
+                return list(csv.DictReader(fh))
 
 
 def dumps(obj) -> str:

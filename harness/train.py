@@ -12,13 +12,14 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from harness.metrics import compute_metrics
+from harness.models.base import FitResult
 
 
 class TrainingDiverged(RuntimeError):
@@ -34,13 +35,6 @@ class TrainSettings:
     weight_decay: float = 0.0
     bucketing: bool = True
     seed: int = 0
-
-
-@dataclass
-class TrainResult:
-    best_epoch: int
-    best_val_auc: float
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -115,7 +109,7 @@ def train(
     val_idx: np.ndarray,
     settings: TrainSettings,
     on_epoch: Callable[[int, float, float], None] | None = None,
-) -> TrainResult:
+) -> FitResult:
     """Fit ``model`` with Adam on BCE-with-logits; early-stop on validation AUC.
 
     ``on_epoch(epoch, train_loss, val_auc)`` runs after each epoch; it may raise (Optuna's
@@ -128,7 +122,7 @@ def train(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
     loss_fn = nn.BCEWithLogitsLoss()
-    result = TrainResult(best_epoch=-1, best_val_auc=float("-inf"))
+    result = FitResult(best_epoch=-1, best_val_auc=float("-inf"))
     best_state = copy.deepcopy(model.state_dict())
     for epoch in range(settings.epochs):
         model.train()

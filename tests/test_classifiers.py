@@ -1,17 +1,18 @@
 import json
+import re
 
 import pytest
 import torch
+from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from harness.classifiers import (
+from harness.models.reader import (
     KINDS,
     POOLINGS,
     AttentionReader,
     ClassifierSpec,
     build_classifier,
     reverse_within,
-    upgrade_state_dict,
 )
 
 MAX_LEN = 80
@@ -23,6 +24,19 @@ VARIANTS = [(k, p, False) for k in KINDS for p in POOLINGS] + [
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def upgrade_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename the weights of an RNN saved as one ``nn.GRU``/``nn.LSTM`` (``rnn.*``) to the
+    readers' hand-stacked layout; other keys pass unchanged. That layout never shipped in a
+    saved model; the test uses it to compare the dense readers with torch's packed RNNs."""
+    pattern = re.compile(r"rnn\.(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
+    upgraded = {}
+    for key, value in state.items():
+        if m := pattern.match(key):
+            key = f"layers.{m[2]}.{1 if m[3] else 0}.{m[1]}_l0"
+        upgraded[key] = value
+    return upgraded
 
 
 def make_spec(kind: str, pooling: str = "last", bidirectional: bool = False) -> ClassifierSpec:

@@ -8,19 +8,12 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from harness.config import (
-    Range,
-    SearchConfig,
-    StudyConfig,
-    check_encoder,
-    head_choices,
-    layer_choices,
-    parse_study,
-    validate_storage_url,
-    validate_tracking_uri,
-)
+from harness.config import StudyConfig, check_encoder, parse_study
 from harness.errors import HarnessError
-from harness.study import _make_pruner, suggest
+from harness.search import make_pruner, suggest
+from harness.space import Range, SearchConfig
+from harness.storage import validate_storage_url
+from harness.tracking import validate_tracking_uri
 
 
 def study(search: str = "", top: str = "") -> str:
@@ -55,7 +48,7 @@ def error(text: str) -> str:
 )
 def test_layer_spellings(line, expected):
     config = parse_study(study(line))
-    assert layer_choices(config.search.layers) == expected
+    assert list(config.search.layers) == expected
 
 
 @pytest.mark.parametrize(
@@ -69,11 +62,11 @@ def test_layer_spellings(line, expected):
     ],
 )
 def test_head_spellings(line, expected):
-    assert head_choices(parse_study(study(line)).search.heads) == expected
+    assert list(parse_study(study(line)).search.heads) == expected
 
 
 def test_heads_default_to_all():
-    assert head_choices(parse_study(study()).search.heads) == [None]
+    assert list(parse_study(study()).search.heads) == [None]
 
 
 @pytest.mark.parametrize(
@@ -454,7 +447,7 @@ def test_top_level_value_errors(top, phrase):
 def test_each_pruner_is_built_with_its_settings(line, pruner_type, settings):
     """Steps are epochs: hyperband's largest budget is the study's train.epochs."""
     config = parse_study(study(top=f"train: {{epochs: 7}}\npruner: {line}\n"))
-    pruner = _make_pruner(config)
+    pruner = make_pruner(config)
     assert type(pruner) is pruner_type
     assert {k: getattr(pruner, k) for k in settings} == settings
 

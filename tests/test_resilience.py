@@ -25,11 +25,13 @@ from optuna.trial import TrialState
 
 from harness import attention
 from harness.attention import cache_key, extract_attention
+from harness.config import load_config
 from harness.encoder import load_encoder
 from harness.errors import HarnessError
 from harness.storage import WORKER_ATTR, WorkerLease, make_storage
-from harness.study import PARENT_ATTR, lease_dir, load_config, run_study
+from harness.study import run_study
 from harness.tracking import Tracker
+from harness.workers import PARENT_ATTR, lease_dir
 from tests.conftest import study_yaml, write_synthetic_csv
 
 MAX_LEN = 32
@@ -350,9 +352,9 @@ def test_a_study_refuses_to_continue_on_changed_data(one_trial_study, workspace)
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(workspace, tiny_bert, monkeypatch):
-    import harness.study
+    import harness.models.reader
 
-    real_train = harness.study.train
+    real_train = harness.models.reader.train
     calls = []
 
     def fails_once(*args, **kwargs):
@@ -361,7 +363,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(workspace, tiny_bert,
             raise RuntimeError("out of memory in the reader")
         return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(harness.study, "train", fails_once)
+    monkeypatch.setattr(harness.models.reader, "train", fails_once)
     path = _study(workspace, tiny_bert, "one-fails", n_trials=2, epochs=1)
     summary = run_study(path, progress=False)
     assert summary.n_finished == 2

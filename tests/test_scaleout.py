@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 
 from harness import load_run
 from harness.storage import make_storage, sqlalchemy_url
-from harness.study import PARENT_ATTR
+from harness.workers import PARENT_ATTR
 from tests.conftest import study_yaml, wait_until_healthy, write_synthetic_csv
 
 POSTGRES = os.environ.get("HARNESS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")

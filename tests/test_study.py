@@ -206,3 +206,70 @@ def test_pruned_trials_end_their_runs_without_weights(tmp_path, tiny_bert, capsy
         assert not client.list_artifacts(run.info.run_id, "model")
         with pytest.raises(HarnessError, match="pruned or failed trial"):
             load_run(run.info.run_id, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def test_a_non_attention_model_fits_inside_the_study_and_reloads(finished_study):
+    """The seam: a model that is not an attention reader (logistic regression on word
+    count) goes through the same protocol as the trials, after the study's prepare and
+    open-stores phases, on its split, as a child run under its parent; ``load_run``
+    rebuilds it from its logged artifacts and reproduces the logged test probabilities."""
+    from harness import load_run
+    from harness.models.length import LengthModel
+    from harness.study import open_stores, prepare
+    from harness.tracking import RunReader
+    from harness.trial import log_model_run
+
+    tmp, path, summary = finished_study
+    prepared = prepare(path, progress=False)
+    with open_stores(prepared) as session:
+        model = LengthModel(positive_label=prepared.dataset.positive_label)
+        run_id = log_model_run(session.ctx, model, "length", "baseline", {"model": "length"})
+    assert session.ctx.parent_run_id == summary.parent_run_id
+
+    reader = RunReader(f"sqlite:///{tmp}/mlflow.db")
+    run = reader.run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.parentRunId"] == summary.parent_run_id
+    assert run.data.tags["harness.role"] == "baseline"
+    assert {f"test_{m}{s}" for m in METRICS for s in ("", "_ci_low", "_ci_high")} <= set(
+        run.data.metrics
+    )
+    assert reader.model_config(run_id)["kind"] == "length"
+    rows = reader.predictions(run_id, "test")
+    assert [int(r["row_id"]) for r in rows] == prepared.split.test.tolist()
+
+    loaded = load_run(run_id, tracking_uri=reader.tracking_uri)
+    texts = [prepared.dataset.texts[int(r["row_id"])] for r in rows]
+    logged = np.array([float(r["probability"]) for r in rows])
+    np.testing.assert_allclose(loaded.predict_proba(texts), logged, atol=1e-6)
+    parent, children = reader.study_runs("e2e")
+    assert parent.info.run_id == summary.parent_run_id
+    assert run_id in {c.info.run_id for c in children}
+
+
+def test_study_best_and_help_import_neither_torch_nor_transformers(finished_study):
+    """Cheap commands stay cheap: the table of a real study, ``--help`` and an argument
+    error answer without importing torch or transformers."""
+    tmp, _, _ = finished_study
+    script = (
+        "import sys\n"
+        "from harness.cli import main\n"
+        "try:\n"
+        "    code = main(sys.argv[1:])\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
+        "print('CODE', code, 'HEAVY', ','.join(heavy) or '-')\n"
+    )
+    cases = {
+        ("study", "best", "e2e", "--storage", f"sqlite:///{tmp}/optuna.db"): 0,
+        ("--help",): 0,
+        ("study", "run", "x.yaml", "--n-trials", "0"): 2,
+    }
+    for argv, code in cases.items():
+        out = subprocess.run(
+            [sys.executable, "-c", script, *argv], capture_output=True, text=True, check=True
+        ).stdout
+        assert out.strip().splitlines()[-1] == f"CODE {code} HEAVY -", (argv, out)
+        if argv[0] == "study" and argv[1] == "best":
+            assert "finished trials" in out and "test_auc" in out

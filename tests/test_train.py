@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness import train as train_module
-from harness.classifiers import ClassifierSpec, build_classifier
+from harness.models.reader import ClassifierSpec, build_classifier
 from harness.train import (
     TrainingDiverged,
     TrainSettings,

@@ -1,4 +1,7 @@
-"""Small sequence classifiers that read a sentence's attention rows and output one logit.
+"""Attention readers: small sequence classifiers over a sentence's attention rows.
+
+``AttentionReader`` is the network (one logit per sentence); ``ReaderModel`` trains it
+with ``harness.train`` and implements the model protocol of ``harness.models.base``.
 
 A sentence arrives as a [T, F] matrix whose row i is token i's attention over positions,
 plus its true length n; rows >= n are zero padding. Every kind (GRU, LSTM, transformer) is
@@ -13,14 +16,38 @@ on a CPU a packed GRU or LSTM steps through hundreds of small ops and ran 2-5x s
 the dense call over the same batch, padding included.
 """
 
-import re
-from dataclasses import asdict, dataclass, fields
+from __future__ import annotations
 
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from harness.inputs import AttentionInputs, inputs_from_dict
+from harness.models.base import EpochCallback, FitResult, write_model
+from harness.train import TrainSettings, predict_logits, seed_everything, sigmoid, train
+
 KINDS = ("gru", "lstm", "transformer")
 POOLINGS = ("last", "mean", "attention")
+#: hyperparameters a study may search, with the type each must have
+HPARAMS: dict[str, type] = {
+    "hidden_size": int,
+    "num_layers": int,
+    "dropout": float,
+    "bidirectional": bool,
+    "pooling": str,
+    "num_heads": int,
+    "ff_size": int,
+}
+#: hyperparameters only some kinds read (elsewhere they would be a dead search axis)
+READ_BY: dict[str, tuple[str, ...]] = {
+    "bidirectional": ("gru", "lstm"),
+    "num_heads": ("transformer",),
+    "ff_size": ("transformer",),
+}
 
 
 @dataclass
@@ -40,7 +67,7 @@ class ClassifierSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClassifierSpec":
+    def from_dict(cls, d: dict) -> ClassifierSpec:
         """Rejects unknown keys, so a typo in a config is an error rather than a default."""
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
@@ -73,10 +100,15 @@ def _validate(spec: ClassifierSpec, input_size: int, max_len: int) -> None:
         raise ValueError(f"dropout must be in [0, 1), got {spec.dropout}")
     if not isinstance(spec.bidirectional, bool):
         raise ValueError(f"bidirectional must be true or false, got {spec.bidirectional!r}")
-    if spec.kind == "transformer" and spec.hidden_size % spec.num_heads:
+    if spec.kind == "transformer" and not divisible(spec.hidden_size, spec.num_heads):
         raise ValueError(
             f"hidden_size {spec.hidden_size} must be divisible by num_heads {spec.num_heads}"
         )
+
+
+def divisible(hidden_size: int, num_heads: int) -> bool:
+    """A transformer splits ``hidden_size`` evenly among its heads."""
+    return hidden_size % num_heads == 0
 
 
 class AttentionReader(nn.Module):
@@ -176,19 +208,70 @@ def reverse_within(x: Tensor, lengths: Tensor) -> Tensor:
     return x.gather(1, index.unsqueeze(-1).expand_as(x))
 
 
-def upgrade_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rename the weights of an RNN reader saved as one ``nn.GRU``/``nn.LSTM`` (``rnn.*``,
-    harness before dense RNNs) to the hand-stacked layout; other keys pass unchanged."""
-    pattern = re.compile(r"rnn\.(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
-    upgraded = {}
-    for key, value in state.items():
-        if m := pattern.match(key):
-            key = f"layers.{m[2]}.{1 if m[3] else 0}.{m[1]}_l0"
-        upgraded[key] = value
-    return upgraded
-
-
 def build_classifier(spec: ClassifierSpec, input_size: int, max_len: int) -> nn.Module:
     """Validates ``spec`` with a readable ValueError before any layer is built."""
     _validate(spec, input_size, max_len)
     return AttentionReader(spec, input_size, max_len)
+
+
+class ReaderModel:
+    """An ``AttentionReader`` trained by gradient descent (``harness.train``) on reduced
+    attention maps: the model protocol of ``harness.models.base``.
+
+    The spec is validated here, so a bad combination fails before any training."""
+
+    kind = "reader"
+
+    def __init__(
+        self,
+        spec: ClassifierSpec,
+        inputs: AttentionInputs,
+        settings: TrainSettings | None = None,
+        positive_label: str | None = None,
+    ):
+        self.spec, self.inputs = spec, inputs
+        self.settings = settings or TrainSettings()
+        self.positive_label = positive_label
+        self.input_size = inputs.features.input_size(inputs.max_len)
+        _validate(spec, self.input_size, inputs.max_len)
+        self.module: AttentionReader | None = None
+
+    def _build(self) -> AttentionReader:
+        return AttentionReader(self.spec, self.input_size, self.inputs.max_len)
+
+    def fit(
+        self,
+        inputs: tuple[np.ndarray, np.ndarray],
+        labels: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        on_epoch: EpochCallback | None = None,
+    ) -> FitResult:
+        x, lengths = (torch.from_numpy(a) for a in inputs)
+        seed_everything(self.settings.seed)  # the initial weights repeat too
+        self.module = self._build()
+        return train(self.module, x, lengths, labels, train_idx, val_idx, self.settings, on_epoch)
+
+    def predict_proba(
+        self, inputs: tuple[np.ndarray, np.ndarray], idx: np.ndarray | None = None
+    ) -> np.ndarray:
+        if self.module is None:
+            raise RuntimeError("predict_proba before fit")
+        x, lengths = (torch.from_numpy(a) for a in inputs)
+        idx = np.arange(len(lengths)) if idx is None else idx
+        return sigmoid(predict_logits(self.module, x, lengths, idx))
+
+    def save(self, directory: Path) -> None:
+        settings = {"classifier": self.spec.to_dict(), "input_size": self.input_size}
+        write_model(self, directory, settings, safetensors.torch.save(self.module.state_dict()))
+
+    @classmethod
+    def load(cls, directory: Path, config: dict) -> ReaderModel:
+        inputs = inputs_from_dict(config["inputs"])
+        spec = ClassifierSpec.from_dict(config["classifier"])
+        model = cls(spec, inputs, positive_label=config.get("positive_label"))
+        model.module = model._build()
+        state = safetensors.torch.load(Path(directory, "weights.safetensors").read_bytes())
+        model.module.load_state_dict(state)
+        model.module.eval()
+        return model

@@ -1,0 +1,6 @@
+"""Everything a study can fit, behind one protocol (``base.Model``): attention readers
+(``reader``) and a text baseline (``length``). Kinds load lazily (``base.KINDS``)."""
+
+from harness.models.base import FitResult, Model, load_model
+
+__all__ = ["FitResult", "Model", "load_model"]

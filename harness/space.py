@@ -1,0 +1,331 @@
+"""The ``search:`` section of a study file: its spellings, checked and normalised once.
+
+A search dimension is written as one of:
+
+* a fixed value: ``reducer: sum``, ``hidden_size: 64``, ``layers: [3, 4, 5]``;
+* a list of choices: ``reducer: [sum, mean]``, ``layers: [[3, 4, 5], [5]]``,
+  ``heads: [all, [0, 7]]``;
+* a range: ``lr: {low: 1.0e-4, high: 1.0e-2, log: true}`` (``step`` for ints).
+
+Parsing leaves each value in the form the code uses: ``layers`` a tuple of layer subsets
+to choose among, ``heads`` a tuple of head selections (``None`` = all heads). Which
+hyperparameters exist, which kinds read them and which combinations fail comes from the
+readers' own table (``harness.models.reader``), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from harness.features import REDUCERS
+from harness.models.reader import HPARAMS, KINDS, POOLINGS, READ_BY, ClassifierSpec, divisible
+from harness.studyfile import StudyKeyError, did_you_mean
+
+_TYPES: dict[str, type] = {**HPARAMS, "lr": float, "reducer": str}
+_OPTIONS: dict[str, tuple[str, ...]] = {"reducer": REDUCERS, "pooling": POOLINGS}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Range(Strict):
+    """A numeric search range; ``search.suggest`` draws ints with ``suggest_int`` and floats
+    with ``suggest_float``."""
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+
+Scalar = int | float | str | bool
+#: fixed value, list of choices, or a range
+Dim = Range | list[Scalar] | Scalar
+
+
+class SearchConfig(Strict):
+    """The search space; ``_check`` normalises the raw YAML first so that every mistake
+    gets a message naming the exact key instead of pydantic's union-member errors."""
+
+    #: layer subsets to choose among (one for a fixed subset)
+    layers: tuple[tuple[int, ...], ...]
+    #: head selections to choose among; ``None`` is all heads
+    heads: tuple[tuple[int, ...] | None, ...] = (None,)
+    reducer: str | list[str] = "sum"
+    lr: Range | float | list[float] = 1.0e-3
+    #: classifier kind -> its hyperparameters (each a Dim); the kind itself is chosen
+    #: among the keys
+    classifier: dict[str, dict[str, Dim]]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw  # pydantic reports "must be a mapping"
+        search = dict(raw)
+        if "layers" in search:
+            search["layers"] = _check_layers(search["layers"])
+        if "heads" in search:
+            search["heads"] = _check_heads(search["heads"])
+        for name in ("reducer", "lr"):
+            if name in search:
+                search[name] = _check_dim(name, search[name], ("search", name))
+        if "classifier" in search:
+            search["classifier"] = _check_classifiers(search["classifier"])
+        return search
+
+
+def _check_indices(values: Any, loc: tuple, what: str) -> None:
+    """A non-empty list of distinct non-negative indices (ranges per encoder come later)."""
+    if not isinstance(values, list) or not values:
+        raise StudyKeyError(loc, f"empty {what} list; give {what} indices such as [0, 1]")
+    for value in values:
+        if not _is_int(value) or value < 0:
+            hint = did_you_mean(value, ["all"]) if what == "head" else ""
+            raise StudyKeyError(loc, f"{value!r} is not a {what} index (0, 1, 2, …){hint}")
+    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if twice is not None:
+        raise StudyKeyError(loc, f"{what} {twice} is listed twice; list each {what} once")
+
+
+def _no_repeats(options: list, loc: tuple) -> None:
+    """A choice offered twice skews the sampler towards it without the user meaning to."""
+    seen = [repr(o) for o in options]
+    twice = next((o for i, o in enumerate(seen) if o in seen[:i]), None)
+    if twice is not None:
+        raise StudyKeyError(loc, f"the choice {twice} is listed twice; list each choice once")
+
+
+def _plain(value: Any) -> Any:
+    """Parsed values back in their YAML spelling (tuples as lists, ``None`` as ``all``), so
+    a config built from a parsed one is checked the same way."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return "all" if value is None else value
+
+
+def _check_layers(value: Any) -> tuple[tuple[int, ...], ...]:
+    """``[3, 4, 5]`` is one fixed subset; ``[[3, 4, 5], [5]]`` is a choice among subsets."""
+    loc = ("search", "layers")
+    value = _plain(value)
+    if _is_int(value):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise StudyKeyError(
+            loc,
+            f"got {value!r}; give layer indices: [3, 4, 5] for one subset or [[3, 4, 5], [5]] "
+            "to choose among subsets",
+        )
+    nested = [isinstance(x, list) for x in value]
+    if all(nested):
+        for i, subset in enumerate(value):
+            _check_indices(subset, (*loc, i), "layer")
+        _no_repeats(value, loc)
+        return tuple(tuple(subset) for subset in value)
+    if any(nested):
+        raise StudyKeyError(
+            loc,
+            f"{value!r} mixes indices and lists; write [[3], [4, 5]] to choose among subsets "
+            "or [3, 4, 5] for one subset",
+        )
+    _check_indices(value, loc, "layer")
+    return (tuple(value),)
+
+
+def _check_heads(value: Any) -> tuple[tuple[int, ...] | None, ...]:
+    """``all`` / ``3`` / ``[0, 7]`` are fixed; ``[all, [0, 7], 3]`` is a choice."""
+    loc = ("search", "heads")
+    value = _plain(value)
+
+    def one(v: Any) -> tuple[int, ...] | None:
+        if v == "all":
+            return None
+        return (v,) if _is_int(v) else tuple(v)
+
+    if value == "all":
+        return (None,)
+    if _is_int(value):
+        _check_indices([value], loc, "head")
+        return (one(value),)
+    if isinstance(value, list) and any(isinstance(x, list) or x == "all" for x in value):
+        for i, option in enumerate(value):
+            if option != "all":
+                _check_indices(option if isinstance(option, list) else [option], (*loc, i), "head")
+        _no_repeats(value, loc)
+        return tuple(one(v) for v in value)
+    if isinstance(value, list):
+        _check_indices(value, loc, "head")
+        return (one(value),)
+    raise StudyKeyError(
+        loc,
+        f"{value!r} is not 'all', a head index or a list of head indices"
+        f"{did_you_mean(value, ['all'])}; e.g. heads: all, heads: [0, 7] or heads: [all, [0, 7]]",
+    )
+
+
+def _check_value(name: str, value: Any) -> Any:
+    """One candidate value of dimension ``name`` as its type; ``ValueError`` says what is
+    expected."""
+    kind = _TYPES[name]
+    if kind is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as text; accept what the user clearly meant
+            value = float(value)
+        except ValueError:
+            pass
+    if kind is float and not (_is_number(value) and math.isfinite(value)):
+        raise ValueError(f"{value!r} is not a finite number")
+    if kind is int and not _is_int(value):
+        raise ValueError(f"{value!r} is not a whole number")
+    if kind is bool and not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not true or false")
+    if kind is str and value not in _OPTIONS[name]:
+        raise ValueError(
+            f"unknown {name} {value!r}{did_you_mean(value, _OPTIONS[name])}; "
+            f"choose among {', '.join(_OPTIONS[name])}"
+        )
+    if name == "dropout" and not 0 <= value < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {value!r}")
+    if name != "dropout" and kind in (int, float) and value <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return float(value) if kind is float else value
+
+
+def _check_dim(name: str, value: Any, loc: tuple) -> Any:
+    """A fixed value, a list of choices or (numbers only) a range ``{low, high, log, step}``."""
+    if value is None:
+        raise StudyKeyError(loc, "has no value; give a value or a list of choices, or remove it")
+    if isinstance(value, dict):
+        if _TYPES[name] not in (int, float):
+            raise StudyKeyError(loc, f"{name} takes a value or a list of choices, not a range")
+        return _check_range(name, value, loc)
+    if isinstance(value, list) and not value:
+        raise StudyKeyError(loc, f"empty list of choices; give at least one {name}")
+    out = []
+    for i, item in enumerate(value if isinstance(value, list) else [value]):
+        try:
+            out.append(_check_value(name, item))
+        except ValueError as exc:
+            raise StudyKeyError((*loc, i) if isinstance(value, list) else loc, str(exc)) from None
+    if not isinstance(value, list):
+        return out[0]
+    _no_repeats(out, loc)
+    return out
+
+
+def _check_range(name: str, value: dict, loc: tuple) -> dict:
+    for key in value:
+        if key not in Range.model_fields:
+            raise StudyKeyError(
+                (*loc, key),
+                f"unknown range key{did_you_mean(key, Range.model_fields)}; a range has low and "
+                "high, optionally log and step",
+            )
+    if "low" not in value or "high" not in value:
+        raise StudyKeyError(loc, "a range needs low and high, e.g. {low: 1, high: 10}")
+    bounds = {}
+    for key in ("low", "high"):
+        try:
+            bounds[key] = _check_value(name, value[key])
+        except ValueError as exc:
+            raise StudyKeyError((*loc, key), str(exc)) from None
+    if bounds["high"] < bounds["low"]:
+        raise StudyKeyError(
+            (*loc, "high"), f"high {bounds['high']!r} is below low {bounds['low']!r}; swap them"
+        )
+    log, step = value.get("log", False), value.get("step")
+    if not isinstance(log, bool):
+        raise StudyKeyError((*loc, "log"), f"{log!r} is not true or false")
+    if log and bounds["low"] <= 0:
+        raise StudyKeyError((*loc, "low"), "a log-scale range needs low > 0")
+    if step is not None:
+        whole = _TYPES[name] is int
+        if not (_is_int(step) if whole else _is_number(step)) or step <= 0:
+            kind = "whole number" if whole else "number"
+            raise StudyKeyError((*loc, "step"), f"step must be a positive {kind}, got {step!r}")
+        if log:
+            raise StudyKeyError(
+                (*loc, "step"), "a log-scale range cannot have a step; remove step or log"
+            )
+    return {**bounds, "log": log, "step": step}
+
+
+def _check_classifiers(value: Any) -> Any:
+    loc = ("search", "classifier")
+    if not isinstance(value, dict):
+        return value  # pydantic reports "must be a mapping"
+    if not value:
+        raise StudyKeyError(loc, f"no classifier kind; give one or more of {', '.join(KINDS)}")
+    out = {}
+    for kind, hparams in value.items():
+        if kind not in KINDS:
+            raise StudyKeyError(
+                (*loc, kind),
+                f"unknown classifier kind{did_you_mean(kind, KINDS)}; "
+                f"choose among {', '.join(KINDS)}",
+            )
+        hparams = {} if hparams is None else hparams
+        if not isinstance(hparams, dict):
+            raise StudyKeyError(
+                (*loc, kind),
+                f"{hparams!r} is not a mapping of hyperparameters; write e.g. "
+                f"{kind}: {{hidden_size: 64}} or leave it empty for the defaults",
+            )
+        checked = {}
+        for name, dim in hparams.items():
+            where = (*loc, kind, name)
+            if name not in HPARAMS:
+                raise StudyKeyError(
+                    where,
+                    f"unknown hyperparameter{did_you_mean(name, HPARAMS)}; "
+                    f"valid: {', '.join(HPARAMS)}",
+                )
+            if kind not in READ_BY.get(name, KINDS):
+                raise StudyKeyError(
+                    where, f"{name} applies to {', '.join(READ_BY[name])} only; remove it here"
+                )
+            checked[name] = _check_dim(name, dim, where)
+        if kind == "transformer":
+            _check_divisible(checked, (*loc, kind))
+        out[kind] = checked
+    return out
+
+
+def _check_divisible(hparams: dict, loc: tuple) -> None:
+    """Every hidden_size the search can draw must be divisible by every num_heads, or the
+    trials that draw such a pair fail."""
+    defaults = ClassifierSpec()
+    sizes = hparams.get("hidden_size", defaults.hidden_size)
+    heads = hparams.get("num_heads", defaults.num_heads)
+    if isinstance(heads, dict):
+        head_values: Iterable[int] = range(heads["low"], heads["high"] + 1, heads["step"] or 1)
+    else:
+        head_values = heads if isinstance(heads, list) else [heads]
+    for n in head_values:
+        if isinstance(sizes, dict):
+            low, step = sizes["low"], sizes["step"] or 1
+            bad = [h for h in (low, low + step) if h <= sizes["high"] and not divisible(h, n)]
+        else:
+            bad = [
+                h for h in (sizes if isinstance(sizes, list) else [sizes]) if not divisible(h, n)
+            ]
+        if bad:
+            key = "hidden_size" if "hidden_size" in hparams else "num_heads"
+            raise StudyKeyError(
+                (*loc, key) if key in hparams else loc,
+                f"hidden_size {bad[0]} is not divisible by num_heads {n}, so those trials would "
+                "fail; make every hidden_size a multiple of every num_heads "
+                "(e.g. hidden_size: 64, num_heads: 4)",
+            )
