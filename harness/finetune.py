@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from harness.attention import default_cache_dir, texts_sha256, tokenize
 from harness.data import Dataset, Split, load_dataset
@@ -284,8 +285,6 @@ def finetune_encoder(
     root = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) / "finetuned"
     root.mkdir(parents=True, exist_ok=True)
     final = root / key
-    from filelock import FileLock
-
     with FileLock(str(root / f"{key}.lock")):
         if (final / RECORD).exists():
             record = json.loads((final / RECORD).read_text())
@@ -344,7 +343,8 @@ def _build(
     )
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     try:
-        model.save_pretrained(tmp)
+        with quiet_transformers():  # no "writing model shards" bar for one file
+            model.save_pretrained(tmp)
         base.tokenizer.save_pretrained(tmp)
         record = _record(base, data, settings, key, trained, fingerprint(tmp), device, start)
         (tmp / RECORD).write_text(json.dumps(record, indent=2))
