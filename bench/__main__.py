@@ -21,6 +21,7 @@ from bench.bootstrap import row_bootstrap
 from bench.common import ROOT, Context, Row, load_average, log
 from bench.extraction import row_cache_size, row_extraction
 from bench.features import row_features
+from bench.finetune import row_finetune
 from bench.memory import row_memory
 from bench.studies import row_parallel, row_pruning
 from bench.training import row_training
@@ -37,6 +38,7 @@ ROWS: dict[int, Callable[[Context], list[Row]]] = {
     7: row_pruning,
     8: row_parallel,
     9: row_views,
+    10: row_finetune,
 }
 
 
@@ -51,7 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--full",
         action="store_true",
-        help="row 4: measure the BERT-base-shaped study on all of BABE, not a subset",
+        help="row 4: measure the BERT-base-shaped study on all of BABE, not a subset; "
+        "row 10: also time one fine-tuning epoch over BABE's train split",
     )
     parser.add_argument(
         "--workdir",

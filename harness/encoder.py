@@ -2,12 +2,19 @@
 
 Resolving and fingerprinting need no model in memory, so a study whose attention cache
 is warm never loads (let alone runs) the encoder.
+
+An encoder is either ``pretrained`` (the weights in its directory) or the ``random``
+control of probing studies: the same architecture and tokenizer with weights drawn from
+the model's own initialiser under a seed. What a probe finds in a random encoder's
+attention comes from sentence length and token identity, not from anything learned.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -15,6 +22,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 DEFAULT_ENCODER = "minilm"
+INITS = ("pretrained", "random")
 #: Files that decide what the encoder computes; README, pooling configs and the like do not.
 _FINGERPRINT_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model")
 _IGNORED_FILES = {
@@ -23,6 +31,9 @@ _IGNORED_FILES = {
     "sentence_bert_config.json",
     "config_sentence_transformers.json",
     "data_config.json",
+    # a fine-tuned encoder's record of how it was made (harness/finetune.py): history and
+    # provenance, not weights, so it must not change what the encoder is called
+    "finetune.json",
 }
 
 
@@ -82,17 +93,48 @@ def fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' loading reports (unused head weights, newly initialised
+    heads, progress bars) around one load: they are expected here and would bury the log."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+
 @dataclass
 class Encoder:
-    """A BERT-like encoder by name, with the model loaded only when first used."""
+    """A BERT-like encoder by name, with the model loaded only when first used.
+
+    ``init="random"`` keeps the directory's config and tokenizer but draws the weights
+    under ``torch.manual_seed(seed)``; its fingerprint names the seed, so each random
+    control has its own attention cache entry, apart from the pretrained one.
+    """
 
     name: str
     path: Path
     device: str = "cpu"
+    init: str = "pretrained"
+    seed: int = 0
 
     @cached_property
     def fingerprint(self) -> str:
-        return fingerprint(self.path)
+        files = fingerprint(self.path)
+        if self.init == "pretrained":
+            return files
+        return hashlib.sha256(f"{files}|random-init:{self.seed}".encode()).hexdigest()
+
+    @property
+    def label(self) -> str:
+        """The name as a report shows it: ``minilm`` or ``minilm (random-init:0)``."""
+        return self.name if self.init == "pretrained" else f"{self.name} (random-init:{self.seed})"
 
     @cached_property
     def config(self):
@@ -118,24 +160,31 @@ class Encoder:
     def model(self):
         """The model in eval mode with eager attention: only that path returns the
         attention probabilities (SDPA returns none)."""
+        import torch
         from transformers import AutoModel
-        from transformers.utils import logging as hf_logging
 
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        try:
-            model = AutoModel.from_pretrained(self.path, attn_implementation="eager")
-        finally:
-            hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
+        with quiet_transformers():
+            if self.init == "random":
+                # fork_rng: drawing the weights must not move the caller's random stream
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.seed)
+                    model = AutoModel.from_config(self.config, attn_implementation="eager")
+            else:
+                model = AutoModel.from_pretrained(self.path, attn_implementation="eager")
         return model.to(self.device).eval()
 
 
-def load_encoder(name: str = DEFAULT_ENCODER, device: str = "cpu") -> Encoder:
+def load_encoder(
+    name: str = DEFAULT_ENCODER, device: str = "cpu", *, init: str = "pretrained", seed: int = 0
+) -> Encoder:
     """Resolve ``name`` (alias, local directory or hub name) and check it is a readable
-    transformer config; weights load lazily on first use."""
-    encoder = Encoder(name=name, path=resolve_encoder_path(name), device=device)
+    transformer config; weights load lazily on first use. ``init="random"`` gives the
+    seeded random-weight control of the same architecture and tokenizer."""
+    if init not in INITS:
+        raise HarnessError(f"encoder init {init!r} is unknown; use one of {', '.join(INITS)}")
+    encoder = Encoder(
+        name=name, path=resolve_encoder_path(name), device=device, init=init, seed=seed
+    )
     try:
         encoder.config  # noqa: B018 - read it now so a broken directory fails here, clearly
     except Exception as exc:
