@@ -3,6 +3,7 @@ and nothing left running after SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -76,22 +77,44 @@ def wait_for_line(log: Path, prefix: str, proc: subprocess.Popen, timeout: float
 def assert_stops_cleanly(proc: subprocess.Popen, port: int) -> None:
     """SIGTERM to the harness process alone ends every process it started and frees the
     port within seconds."""
-    descendants = psutil.Process(proc.pid).children(recursive=True)
-    assert descendants, "the server runs in a child process"
-    os.kill(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
-    _, alive = psutil.wait_procs(descendants, timeout=5)
-    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
-    with socket.socket() as s, pytest.raises(ConnectionRefusedError):
-        s.connect(("127.0.0.1", port))
-    assert listeners(port) == []
+    (server,) = psutil.Process(proc.pid).children()
+    started = [server, *server.children(recursive=True)]
+    try:
+        group = server.pid  # the server leads its own process group
+        assert os.getpgid(server.pid) == group != os.getpgid(proc.pid)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(started, timeout=5)
+        assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+        # also the workers a server starts after it answers (mlflow's job consumers)
+        left = [p for p in psutil.process_iter() if _live_member(p, group)]
+        assert not left, left
+        with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+            s.connect(("127.0.0.1", port))
+        assert listeners(port) == []
+    finally:  # a failed stop must not leave servers behind for the next test
+        for leftover in [*started, *[p for p in psutil.process_iter() if _live_member(p, group)]]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
+
+
+def _live_member(process: psutil.Process, group: int) -> bool:
+    try:
+        return os.getpgid(process.pid) == group and process.status() != psutil.STATUS_ZOMBIE
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return False
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """Cleanup after a failed assertion: the server group is the harness's own."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+    """Cleanup after a failed assertion: end ``proc`` and whatever it started, even when
+    its own stopping is what failed."""
+    if proc.poll() is not None:
+        return
+    started = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    for leftover in psutil.wait_procs(started, timeout=15)[1]:
+        leftover.kill()
 
 
 @pytest.fixture(scope="module")
