@@ -157,12 +157,14 @@ def _layers_of(maps: tuple[Map, ...]) -> tuple[int, ...]:
 
 def parse_heads(value: str | int | list | None) -> Heads:
     """Accept the spellings a study file or a user uses: ``all``, ``3``, ``[0, 7]``,
-    ``0,7``, and explicit maps ``L5H6,L1H10`` or ``[L5H6, L1H10]``."""
+    ``0,7``, and explicit maps ``L5H6,L1H10``, ``[L5H6, L1H10]`` or ``[(5, 6), (1, 10)]``."""
     if value is None or value == "all":
         return None
     if isinstance(value, int):
         return (value,)
     parts = value.split(",") if isinstance(value, str) else list(value)
+    if parts and all(isinstance(v, tuple | list) and len(v) == 2 for v in parts):
+        return tuple((int(layer), int(head)) for layer, head in parts)
     named = [parse_map_name(v) for v in parts if isinstance(v, str)]
     if named and all(named) and len(named) == len(parts):
         return tuple(named)
