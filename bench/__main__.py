@@ -23,6 +23,7 @@ from bench.extraction import row_cache_size, row_extraction
 from bench.features import row_features
 from bench.memory import row_memory
 from bench.studies import row_parallel, row_pruning
+from bench.sweep import row_sweep
 from bench.training import row_training
 from bench.views import row_views
 from harness.threads import extraction_threads, train_threads
@@ -37,6 +38,7 @@ ROWS: dict[int, Callable[[Context], list[Row]]] = {
     7: row_pruning,
     8: row_parallel,
     9: row_views,
+    11: row_sweep,
 }
 
 
