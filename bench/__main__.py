@@ -24,6 +24,7 @@ from bench.features import row_features
 from bench.finetune import row_finetune
 from bench.memory import row_memory
 from bench.studies import row_parallel, row_pruning
+from bench.sweep import row_sweep
 from bench.training import row_training
 from bench.views import row_views
 from harness.threads import extraction_threads, train_threads
@@ -39,6 +40,7 @@ ROWS: dict[int, Callable[[Context], list[Row]]] = {
     8: row_parallel,
     9: row_views,
     10: row_finetune,
+    11: row_sweep,
 }
 
 

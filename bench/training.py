@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from bench.common import LAYERS, MAX_LEN, Context, Row, log, ratio
-from harness.models.reader import ClassifierSpec, build_classifier
+from harness.models.catalog import ClassifierSpec
+from harness.models.reader import build_classifier
 from harness.threads import num_threads, train_threads
 from harness.train import TrainSettings, train
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from harness.encoder import Encoder, load_encoder
 from harness.errors import HarnessError
-from harness.features import FeatureSpec, parse_heads, reduce_maps
+from harness.features import FeatureSpec, is_pairs, parse_heads, reduce_maps
 from harness.locks import waiting_lock
 from harness.preflight import check_writable_dir
 from harness.threads import extraction_threads, num_threads, train_threads
@@ -157,6 +157,7 @@ class AttentionCache:
         #: element offset of position p in a layer file
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
         self._memo: tuple[FeatureSpec, tuple[np.ndarray, np.ndarray]] | None = None
+        self._view = None
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -205,11 +206,13 @@ class AttentionCache:
         layers: FeatureSpec | list[int] | tuple[int, ...] | None = None,
         heads: str | int | list[int] | None = "all",
         reducer: str = "sum",
+        view: str = "rows",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Reduced maps of every sentence: ``([N, max_len, F] float32, lengths [N])``.
 
         Takes a ``FeatureSpec`` (what trials pass), or its parts in the spellings a
-        notebook user types (``layers=None`` for all layers, ``heads="all"`` or ``[0, 7]``).
+        notebook user types (``layers=None`` for all layers, ``heads="all"``, ``[0, 7]``
+        or ``"L5H6,L1H10"``, ``view="stats"``).
 
         Rows and columns past a sentence's length are zero. Only the chosen layers' files
         are read, in sequential chunks; only the chosen heads are reduced. The last result
@@ -221,27 +224,51 @@ class AttentionCache:
         if isinstance(layers, FeatureSpec):
             spec = layers
         else:
-            all_layers = tuple(range(self.num_layers))
-            spec = FeatureSpec(
-                all_layers if layers is None else tuple(layers), parse_heads(heads), reducer
-            )
+            chosen = parse_heads(heads)
+            if is_pairs(chosen):
+                spec = FeatureSpec.of_maps(chosen, reducer, view)
+            else:
+                all_layers = tuple(range(self.num_layers))
+                layers = all_layers if layers is None else tuple(layers)
+                spec = FeatureSpec(layers, chosen, reducer, view)
         if self._memo is not None and self._memo[0] == spec:
             return self._memo[1]
-        bad = [x for x in spec.layers if not 0 <= x < self.num_layers]
-        bad_heads = [h for h in spec.heads or () if not 0 <= h < self.num_heads]
+        maps = spec.maps(self.num_heads)
+        bad = sorted({x for x, _ in maps if not 0 <= x < self.num_layers})
+        bad_heads = sorted({h for _, h in maps if not 0 <= h < self.num_heads})
         if bad or bad_heads:
             raise HarnessError(
                 f"features: layers {bad} / heads {bad_heads} out of range for this cache "
                 f"({self.num_layers} layers × {self.num_heads} heads)"
             )
+        if spec.view != "rows":
+            return self._view_features(spec, maps)
         self._memo = None  # let the previous trial's array go before allocating this one
-        out = np.zeros((len(self), self.max_len, spec.input_size(self.max_len)), np.float32)
+        width = spec.input_size(self.max_len, self.num_heads)
+        out = np.zeros((len(self), self.max_len, width), np.float32)
         # per-trial work: on the trial's threads (1), as its many small ops gain nothing from
         # a second thread but its wake-ups (up to 10× slower with the other core busy)
         with num_threads(train_threads()):
             for lo, hi in self._chunks():
                 self._reduce_chunk(spec, lo, hi, out)
         result = (out, self.lengths.copy())
+        self._memo = (spec, result)
+        return result
+
+    def view(self, progress: bool = False):
+        """The position-free views of this entry (``harness.view_cache.ViewCache``),
+        computed once and stored beside it; opened once per process."""
+        if self._view is None:
+            from harness.view_cache import open_view
+
+            self._view = open_view(self, progress=progress)
+        return self._view
+
+    def _view_features(self, spec: FeatureSpec, maps: list) -> tuple[np.ndarray, np.ndarray]:
+        """A position-free view of the chosen maps; memoised like the rows."""
+        self._memo = None
+        with num_threads(train_threads()):
+            result = self.view().token_features(maps, spec.view, spec.reducer)
         self._memo = (spec, result)
         return result
 
@@ -258,7 +285,7 @@ class AttentionCache:
             n, k = int(lens[a]), b - a
             s = int(self.offsets[lo + a] - self.offsets[lo])
             run = [x[s : s + k * self.num_heads * n * n].reshape(k, -1, n, n) for x in per_layer]
-            reduced = reduce_maps(run, spec.heads, spec.reducer, self.max_len)
+            reduced = reduce_maps(run, spec.reduce_heads(), spec.reducer, self.max_len)
             out[self.order[lo + a : lo + b], :n, : reduced.shape[2]] = reduced
 
     def _chunks(self) -> Iterator[tuple[int, int]]:

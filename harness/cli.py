@@ -149,6 +149,23 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_heads(args: argparse.Namespace) -> int:
+    from harness.study import run_head_sweep
+    from harness.sweep import format_top
+
+    scores, parent = run_head_sweep(
+        args.file, storage=args.storage, tracking_uri=args.tracking_uri, progress=not args.quiet
+    )
+    n_layers, n_heads = max(s.layer for s in scores) + 1, max(s.head for s in scores) + 1
+    print(
+        f"\nhead sweep: {len(scores)} maps ({n_layers} layers × {n_heads} heads), one linear "
+        "probe each on the position-free view; ranked by validation AUC"
+    )
+    print(format_top(scores, args.top))
+    print(f"logged as run 'head-sweep' (heads.csv, heads.png) under parent run {parent}")
+    return 0
+
+
 def cmd_study_best(args: argparse.Namespace) -> int:
     import optuna
 
@@ -400,6 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     _add_study_commands(sub)
+
+    heads = sub.add_parser("heads", help="probe every (layer, head) map of a study's encoder")
+    heads.add_argument("file", help="study file (YAML), e.g. studies/babe-quick.yaml")
+    heads.add_argument("--storage", type=_url("storage"), help="Optuna storage URL")
+    heads.add_argument("--tracking-uri", type=_url("tracking"), help="MLflow tracking URI")
+    heads.add_argument("--top", type=_positive_int, default=10, help="maps to print")
+    heads.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+    heads.set_defaults(func=cmd_heads)
 
     predict = sub.add_parser("predict", help="predict with a logged trial")
     predict.add_argument("run_id", help="MLflow run id of a trial (or runs:/ID)")

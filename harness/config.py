@@ -207,13 +207,9 @@ def check_encoder(config: StudyConfig, encoder: Encoder) -> None:
                 f"layers; use indices 0..{n_layers - 1}",
             )
     for heads in config.search.heads:
-        bad = [head for head in heads or () if head >= n_heads]
-        if bad:
-            raise config.located(
-                ("search", "heads"),
-                f"head(s) {bad} out of range for encoder {encoder.name!r}, which has {n_heads} "
-                f"heads per layer; use indices 0..{n_heads - 1} or 'all'",
-            )
+        problem = _heads_out_of_range(heads, encoder.name, n_layers, n_heads)
+        if problem:
+            raise config.located(("search", "heads"), problem)
     positions = getattr(encoder.config, "max_position_embeddings", None)
     if isinstance(positions, int) and config.encoder.max_len > positions:
         raise config.located(
@@ -221,6 +217,33 @@ def check_encoder(config: StudyConfig, encoder: Encoder) -> None:
             f"{config.encoder.max_len} exceeds the {positions} positions encoder "
             f"{encoder.name!r} can read; use max_len <= {positions}",
         )
+
+
+def _heads_out_of_range(heads, name: str, n_layers: int, n_heads: int) -> str | None:
+    """What in one head selection encoder ``name`` cannot serve, or ``None``."""
+    from harness.features import is_pairs, map_name
+    from harness.space import Top
+
+    maps = n_layers * n_heads
+    if isinstance(heads, Top):
+        if heads.k > maps:
+            return f"top {heads.k} asks for more maps than encoder {name!r} has ({maps})"
+        return None
+    if is_pairs(heads):
+        bad = [map_name(*p) for p in heads if p[0] >= n_layers or p[1] >= n_heads]
+        if bad:
+            return (
+                f"map(s) {', '.join(bad)} out of range for encoder {name!r}, which has layers "
+                f"L0..L{n_layers - 1} and heads H0..H{n_heads - 1}"
+            )
+        return None
+    bad = [head for head in heads or () if head >= n_heads]
+    if bad:
+        return (
+            f"head(s) {bad} out of range for encoder {name!r}, which has {n_heads} heads per "
+            f"layer; use indices 0..{n_heads - 1} or 'all'"
+        )
+    return None
 
 
 def load_config(path: str | Path) -> StudyConfig:

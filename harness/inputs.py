@@ -47,13 +47,25 @@ class TextInputs:
 
 @dataclass(frozen=True)
 class AttentionInputs:
-    """Reduced attention maps ``([N, max_len, F] float32, lengths [N])`` of one encoder."""
+    """Attention features of one encoder, ``(x [N, T, D] float32, lengths [N])``.
+
+    Sequence readers get one row per token (``T = max_len``); probes get each sentence's
+    mean over its tokens (``pooled``: ``T = 1``, lengths all 1), so every attention model
+    reads the same ``(x, lengths)`` pair.
+    """
 
     features: FeatureSpec
     encoder: str
     fingerprint: str
     max_len: int
+    #: the encoder's heads per layer (counts the maps of ``all``)
+    num_heads: int
+    pooled: bool = False
     _encoders: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def input_size(self) -> int:
+        return self.features.input_size(self.max_len, self.num_heads)
 
     def to_dict(self) -> dict:
         return {
@@ -61,25 +73,47 @@ class AttentionInputs:
             "features": self.features.to_dict(),
             "encoder": {"name": self.encoder, "fingerprint": self.fingerprint},
             "max_len": self.max_len,
+            "num_heads": self.num_heads,
+            "pooled": self.pooled,
         }
 
     def build(
         self, texts: list[str], cache: AttentionCache | None = None, device: str = "cpu"
     ) -> tuple[np.ndarray, np.ndarray]:
         """From ``cache`` when given (a study's texts), else by running the encoder: both
-        go through the same ``reduce_maps``, so a reloaded model sees what it was trained on."""
+        go through the same arithmetic, so a reloaded model sees what it was trained on."""
+        spec = self.features
         if cache is not None:
-            return cache.features(self.features)
+            if self.pooled and spec.view != "rows" and spec.reducer == "stack":
+                # the stored per-sentence means: no [N, T, maps x F] array on the way
+                maps = spec.maps(self.num_heads)
+                return _as_pooled(cache.view().sentence_features(maps, spec.view))
+            x, lengths = cache.features(spec)
+        else:
+            x, lengths = self._from_texts(texts, device)
+        return _as_pooled(_mean_over_tokens(x, lengths)) if self.pooled else (x, lengths)
+
+    def _from_texts(self, texts: list[str], device: str) -> tuple[np.ndarray, np.ndarray]:
         from harness.attention import iter_attention
-        from harness.features import reduce_maps
 
         spec, encoder = self.features, self._encoder(device)
-        x = np.zeros((len(texts), self.max_len, spec.input_size(self.max_len)), np.float32)
+        batches = iter_attention(encoder, texts, self.max_len)
+        if spec.view != "rows":
+            from harness.views import token_features_from_attention
+
+            maps = spec.maps(self.num_heads)
+            return token_features_from_attention(
+                batches, len(texts), self.max_len, maps, spec.view, spec.reducer
+            )
+        from harness.features import reduce_maps
+
+        x = np.zeros((len(texts), self.max_len, self.input_size), np.float32)
         lengths = np.zeros(len(texts), np.int64)
-        for idx, lens, maps in iter_attention(encoder, texts, self.max_len):
+        heads = spec.reduce_heads()
+        for idx, lens, maps in batches:
             for b, (i, n) in enumerate(zip(idx, lens, strict=True)):
                 per_layer = [maps[layer, b : b + 1, :, :n, :n] for layer in spec.layers]
-                reduced = reduce_maps(per_layer, spec.heads, spec.reducer, self.max_len)[0]
+                reduced = reduce_maps(per_layer, heads, spec.reducer, self.max_len)[0]
                 x[i, :n, : reduced.shape[1]] = reduced
                 lengths[i] = n
         return x, lengths
@@ -99,6 +133,16 @@ class AttentionInputs:
         return self._encoders[device]
 
 
+def _mean_over_tokens(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Each sentence's mean over its valid rows (zero padding adds nothing): ``[N, D]``."""
+    return x.sum(axis=1) / lengths[:, None].astype(np.float32)
+
+
+def _as_pooled(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sentence vectors as one-step sequences, the ``(x, lengths)`` every reader takes."""
+    return np.ascontiguousarray(x[:, None, :], dtype=np.float32), np.ones(len(x), np.int64)
+
+
 def inputs_from_dict(d: dict) -> InputSpec:
     """The recipe saved in a model's config."""
     if d.get("type") == "text":
@@ -111,5 +155,7 @@ def inputs_from_dict(d: dict) -> InputSpec:
             d["encoder"]["name"],
             d["encoder"]["fingerprint"],
             d["max_len"],
+            d["num_heads"],
+            d.get("pooled", False),
         )
     raise HarnessError(f"unknown inputs type {d.get('type')!r} in a model config")

@@ -12,29 +12,36 @@ from typing import Any
 import optuna
 
 from harness.config import StudyConfig
-from harness.features import FeatureSpec
-from harness.models.reader import HPARAMS, ClassifierSpec
-from harness.space import Range, SearchConfig
+from harness.features import FeatureSpec, Map, is_pairs
+from harness.models.catalog import HPARAMS, ClassifierSpec, ProbeSpec, make_spec
+from harness.space import Range, SearchConfig, Top, head_choice_name
 
 
 @dataclass(frozen=True)
 class TrialSpec:
-    """What one trial trains: the features, the reader, and its learning rate."""
+    """What one trial trains: the features, the model, and its learning rate."""
 
     features: FeatureSpec
-    classifier: ClassifierSpec
+    classifier: ClassifierSpec | ProbeSpec
     lr: float
     #: classifier hyperparameters named in the study file (logged under those names)
     hparams: tuple[str, ...] = ()
+    #: the head choice as drawn (``all``, ``0,7``, ``top8``); the maps it resolved to are
+    #: logged as ``maps`` when they differ from it
+    heads: str = "all"
 
     def params(self) -> dict[str, str]:
         params = {
             "layers": self.features.layers_param,
-            "heads": self.features.heads_param,
+            "heads": self.heads,
             "reducer": self.features.reducer,
             "classifier": self.classifier.kind,
             "lr": repr(self.lr),
         }
+        if self.features.view != "rows":
+            params["view"] = self.features.view
+        if self.heads != self.features.heads_param:
+            params["maps"] = self.features.heads_param
         params.update({h: str(getattr(self.classifier, h)) for h in self.hparams})
         return params
 
@@ -50,24 +57,40 @@ def _suggest(trial: optuna.Trial, name: str, dim: Any, kind: type = float) -> An
     return options[0] if len(options) == 1 else trial.suggest_categorical(name, options)
 
 
-def suggest(trial: optuna.Trial, search: SearchConfig) -> TrialSpec:
+def suggest(
+    trial: optuna.Trial, search: SearchConfig, ranking: list[Map] | None = None
+) -> TrialSpec:
     """Sample a ``TrialSpec``; layer and head choices are drawn by their MLflow spelling
-    (``3,4,5``, ``all``), which Optuna can store as a categorical."""
+    (``3,4,5``, ``all``, ``top8``), which Optuna can store as a categorical. ``ranking``
+    is the head sweep's order of maps (best validation AUC first), for ``{top: k}``."""
     layers_by_name = {",".join(map(str, c)): c for c in search.layers}
     layers = layers_by_name[_suggest(trial, "layers", list(layers_by_name))]
-    heads_by_name = {"all" if h is None else ",".join(map(str, h)): h for h in search.heads}
-    heads = heads_by_name[_suggest(trial, "heads", list(heads_by_name))]
-    reducer = _suggest(trial, "reducer", search.reducer, str)
+    heads_by_name = {head_choice_name(h): h for h in search.heads}
+    heads_name = _suggest(trial, "heads", list(heads_by_name))
+    view = _suggest(trial, "view", list(search.view), str)
+    # one shared reducer dimension keeps its plain name; per-view ones are named per view
+    shared = len({repr(d) for d in search.view.values()}) == 1
+    reducer = _suggest(trial, "reducer" if shared else f"{view}.reducer", search.view[view], str)
     lr = float(_suggest(trial, "lr", search.lr, float))
     kind = _suggest(trial, "classifier", list(search.classifier), str)
     hparams = search.classifier[kind] or {}
     values = {h: _suggest(trial, f"{kind}.{h}", d, HPARAMS[h]) for h, d in hparams.items()}
-    return TrialSpec(
-        FeatureSpec(layers, heads, reducer),
-        ClassifierSpec(kind=kind, **values),
-        lr,
-        tuple(hparams),
-    )
+    features = _features(layers, heads_by_name[heads_name], reducer, view, ranking)
+    return TrialSpec(features, make_spec(kind, values), lr, tuple(hparams), heads_name)
+
+
+def _features(
+    layers: tuple[int, ...], heads: Any, reducer: str, view: str, ranking: list[Map] | None
+) -> FeatureSpec:
+    """Explicit maps name their own layers; ``Top(k)`` takes the k best maps of the chosen
+    layers, in ranking order (best first)."""
+    if isinstance(heads, Top):
+        if ranking is None:
+            raise ValueError("a {top: k} head choice needs the head sweep's ranking")
+        heads = tuple([m for m in ranking if m[0] in layers][: heads.k])
+    if is_pairs(heads):
+        return FeatureSpec.of_maps(heads, reducer, view)
+    return FeatureSpec(layers, heads, reducer, view)
 
 
 def make_sampler(config: StudyConfig, offset: int) -> optuna.samplers.BaseSampler:

@@ -7,26 +7,56 @@ A search dimension is written as one of:
   ``heads: [all, [0, 7]]``;
 * a range: ``lr: {low: 1.0e-4, high: 1.0e-2, log: true}`` (``step`` for ints).
 
+A head selection is ``all``, head indices shared by every chosen layer (``[0, 7]``),
+explicit maps (``[L5H6, L1H10]`` or per layer ``{5: [6], 1: [10]}``), or the k best maps
+of the head sweep by validation AUC (``{top: 8}``; ``{top: [1, 4, all]}`` is a choice).
+The view is one name, a list of names (each read with ``reducer``), or a mapping from
+view to its own reducers: ``view: {rows: {reducer: [sum, max]}, stats: {reducer: stack}}``.
+
 Parsing leaves each value in the form the code uses: ``layers`` a tuple of layer subsets
-to choose among, ``heads`` a tuple of head selections (``None`` = all heads). Which
-hyperparameters exist, which kinds read them and which combinations fail comes from the
-readers' own table (``harness.models.reader``), so the two cannot drift apart.
+to choose among, ``heads`` a tuple of head selections (``None`` = all heads, ``Top(k)``),
+``view`` a mapping from each view to its reducer dimension. Which hyperparameters exist,
+which kinds read them and which combinations fail comes from the models' own table
+(``harness.models.catalog``), so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from harness.features import REDUCERS
-from harness.models.reader import HPARAMS, KINDS, POOLINGS, READ_BY, ClassifierSpec, divisible
+from harness.features import REDUCERS, VIEWS, Heads, map_name, parse_map_name
+from harness.models.catalog import HPARAMS, KINDS, POOLINGS, READ_BY, ClassifierSpec, divisible
 from harness.studyfile import StudyKeyError, did_you_mean
 
-_TYPES: dict[str, type] = {**HPARAMS, "lr": float, "reducer": str}
-_OPTIONS: dict[str, tuple[str, ...]] = {"reducer": REDUCERS, "pooling": POOLINGS}
+_TYPES: dict[str, type] = {**HPARAMS, "lr": float, "reducer": str, "view": str}
+_OPTIONS: dict[str, tuple[str, ...]] = {"reducer": REDUCERS, "pooling": POOLINGS, "view": VIEWS}
+
+
+@dataclass(frozen=True)
+class Top:
+    """The ``k`` best maps of the chosen layers by the head sweep's validation AUC."""
+
+    k: int
+
+
+HeadChoice = Heads | Top
+
+
+def head_choice_name(choice: HeadChoice) -> str:
+    """How a head choice is drawn (an Optuna categorical) and logged: ``all``, ``0,7``,
+    ``L5H6,L1H10``, ``top8``."""
+    if choice is None:
+        return "all"
+    if isinstance(choice, Top):
+        return f"top{choice.k}"
+    if isinstance(choice[0], tuple):
+        return ",".join(map_name(*p) for p in choice)
+    return ",".join(map(str, choice))
 
 
 def _is_int(value: Any) -> bool:
@@ -63,8 +93,11 @@ class SearchConfig(Strict):
     #: layer subsets to choose among (one for a fixed subset)
     layers: tuple[tuple[int, ...], ...]
     #: head selections to choose among; ``None`` is all heads
-    heads: tuple[tuple[int, ...] | None, ...] = (None,)
+    heads: tuple[Any, ...] = (None,)
+    #: the reducer dimension of views named without their own (``view: stats``)
     reducer: str | list[str] = "sum"
+    #: view -> its reducer dimension; the view itself is chosen among the keys
+    view: dict[str, str | list[str]] = {"rows": "sum"}
     lr: Range | float | list[float] = 1.0e-3
     #: classifier kind -> its hyperparameters (each a Dim); the kind itself is chosen
     #: among the keys
@@ -83,6 +116,7 @@ class SearchConfig(Strict):
         for name in ("reducer", "lr"):
             if name in search:
                 search[name] = _check_dim(name, search[name], ("search", name))
+        search["view"] = _check_view(search.get("view", "rows"), search)
         if "classifier" in search:
             search["classifier"] = _check_classifiers(search["classifier"])
         return search
@@ -145,35 +179,107 @@ def _check_layers(value: Any) -> tuple[tuple[int, ...], ...]:
     return (tuple(value),)
 
 
-def _check_heads(value: Any) -> tuple[tuple[int, ...] | None, ...]:
-    """``all`` / ``3`` / ``[0, 7]`` are fixed; ``[all, [0, 7], 3]`` is a choice."""
+def _check_heads(value: Any) -> tuple[HeadChoice, ...]:
+    """``all`` / ``3`` / ``[0, 7]`` / ``[L5H6, L1H10]`` / ``{5: [6]}`` / ``{top: 8}`` are
+    one selection; ``[all, [0, 7], {top: 8}]`` and ``{top: [1, 4, all]}`` are choices."""
     loc = ("search", "heads")
     value = _plain(value)
+    if isinstance(value, dict) and set(value) == {"top"} and isinstance(value["top"], list):
+        value = [{"top": k} for k in value["top"]]
+    if isinstance(value, list) and any(_is_one_selection(x) for x in value):
+        choices = tuple(_check_selection(v, (*loc, i)) for i, v in enumerate(value))
+        _no_repeats([head_choice_name(c) for c in choices], loc)
+        return choices
+    return (_check_selection(value, loc),)
 
-    def one(v: Any) -> tuple[int, ...] | None:
-        if v == "all":
-            return None
-        return (v,) if _is_int(v) else tuple(v)
 
-    if value == "all":
-        return (None,)
-    if _is_int(value):
-        _check_indices([value], loc, "head")
-        return (one(value),)
-    if isinstance(value, list) and any(isinstance(x, list) or x == "all" for x in value):
-        for i, option in enumerate(value):
-            if option != "all":
-                _check_indices(option if isinstance(option, list) else [option], (*loc, i), "head")
-        _no_repeats(value, loc)
-        return tuple(one(v) for v in value)
-    if isinstance(value, list):
-        _check_indices(value, loc, "head")
-        return (one(value),)
-    raise StudyKeyError(
-        loc,
-        f"{value!r} is not 'all', a head index or a list of head indices"
-        f"{did_you_mean(value, ['all'])}; e.g. heads: all, heads: [0, 7] or heads: [all, [0, 7]]",
-    )
+def _is_one_selection(value: Any) -> bool:
+    """A list item that is a whole selection (so the list is a list of choices)."""
+    return isinstance(value, list | dict) or value == "all"
+
+
+def _check_selection(value: Any, loc: tuple) -> HeadChoice:
+    if value == "all" or value == {"top": "all"}:
+        return None
+    if isinstance(value, dict):
+        return _check_mapping_selection(value, loc)
+    items = value if isinstance(value, list) else [value]
+    names = [parse_map_name(v) for v in items if isinstance(v, str)]
+    if items and len(names) == len(items) and all(names):
+        _no_repeats(names, loc)
+        return tuple(names)
+    if not isinstance(value, list) and not _is_int(value):
+        raise StudyKeyError(
+            loc,
+            f"{value!r} is not 'all', a head index, map names or a list of head indices"
+            f"{did_you_mean(value, ['all'])}; e.g. heads: all, heads: [0, 7], "
+            "heads: [L5H6, L1H10] or heads: {top: 8}",
+        )
+    _check_indices(items, loc, "head")
+    return tuple(items)
+
+
+def _check_mapping_selection(value: dict, loc: tuple) -> HeadChoice:
+    """``{top: k}`` or per layer ``{5: [6], 1: [10]}`` (explicit maps)."""
+    if "top" in value:
+        k = value["top"]
+        if len(value) != 1 or not _is_int(k) or k < 1:
+            raise StudyKeyError(
+                (*loc, "top"), f"top takes a number of maps >= 1 or 'all', got {k!r}"
+            )
+        return Top(k)
+    pairs = []
+    for layer, heads in value.items():
+        if not _is_int(layer) or layer < 0:
+            raise StudyKeyError(
+                loc,
+                f"{value!r} is not 'all', head indices, map names or per-layer heads "
+                f"({layer!r} is not a layer index); e.g. heads: {{5: [6], 1: [10]}} or "
+                "heads: {top: 8}",
+            )
+        heads = heads if isinstance(heads, list) else [heads]
+        _check_indices(heads, (*loc, layer), "head")
+        pairs += [(layer, h) for h in heads]
+    if not pairs:
+        raise StudyKeyError(loc, "empty head selection; give {layer: [heads]} or {top: k}")
+    return tuple(pairs)
+
+
+def _check_view(value: Any, search: dict) -> dict[str, Any]:
+    """``view: stats`` / ``[rows, stats]`` (each read with ``reducer``), or a mapping from
+    each view to its own reducers. ``concat`` reads absolute positions: rows only."""
+    loc = ("search", "view")
+    if isinstance(value, dict):
+        if "reducer" in search and any(isinstance(v, dict) for v in value.values()):
+            raise StudyKeyError(
+                ("search", "reducer"),
+                "with a reducer under each view, remove this top-level reducer",
+            )
+        views = {}
+        for view, settings in value.items():
+            _check_dim("view", view, (*loc, view))
+            if settings is None or isinstance(settings, dict):
+                settings = settings or {}
+                if set(settings) - {"reducer"}:
+                    raise StudyKeyError(
+                        (*loc, view),
+                        f"a view takes only its reducer, e.g. {view}: {{reducer: [stack, sum]}}",
+                    )
+                default = "sum" if view == "rows" else "stack"
+                settings = settings.get("reducer", default)
+            views[view] = _check_dim("reducer", settings, (*loc, view, "reducer"))
+    else:
+        names = _check_dim("view", value, loc)
+        dim = search.get("reducer", "sum")
+        views = {view: dim for view in (names if isinstance(names, list) else [names])}
+    for view, dim in views.items():
+        if view != "rows" and "concat" in (dim if isinstance(dim, list) else [dim]):
+            raise StudyKeyError(
+                (*loc, view) if isinstance(value, dict) else ("search", "reducer"),
+                f"concat lays absolute positions side by side: it applies to the rows view "
+                f"only; use stack with the {view} view",
+            )
+    return views
 
 
 def _check_value(name: str, value: Any) -> Any:

@@ -30,6 +30,7 @@ from harness.encoder import Encoder, load_encoder
 from harness.errors import HarnessError
 from harness.report import n_covered, n_finished, n_pruned, trial_rows
 from harness.search import make_pruner, make_sampler
+from harness.space import Top
 from harness.storage import (
     WorkerLease,
     heartbeat_interval,
@@ -37,6 +38,7 @@ from harness.storage import (
     make_storage,
     validate_storage_url,
 )
+from harness.sweep import ensure_sweep, ranking
 from harness.threads import train_threads
 from harness.tracking import Tracker, default_tracking_uri, validate_tracking_uri
 from harness.trial import Objective, StudyContext, TrialFailed
@@ -252,10 +254,17 @@ def open_stores(p: Prepared) -> Iterator[StudySession]:
             p.encoder.fingerprint,
             lease.token,
         )
+        if needs_ranking(config):
+            ctx.ranking = ranking(ensure_sweep(ctx, p.progress))
         yield StudySession(study, ctx, lease)
         tracker.finish(parent_id)
     finally:
         lease.release()
+
+
+def needs_ranking(config: StudyConfig) -> bool:
+    """Whether the search draws ``{top: k}`` maps, which rank by the head sweep."""
+    return any(isinstance(h, Top) for h in config.search.heads)
 
 
 def _open_study(config: StudyConfig, storage) -> tuple[optuna.Study, bool]:
@@ -381,3 +390,18 @@ def run_study(
     with open_stores(p) as session:
         run_trials(p, session)
     return summarize(session.study, p, session.ctx.parent_run_id)
+
+
+def run_head_sweep(
+    study_file: str | Path,
+    *,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+) -> tuple[list, str]:
+    """``harness heads``: the study's head sweep under its parent run (computed once);
+    returns the scores and the parent run id."""
+    p = prepare(study_file, storage=storage, tracking_uri=tracking_uri, progress=progress)
+    with open_stores(p) as session:
+        scores = ensure_sweep(session.ctx, progress)
+    return scores, session.ctx.parent_run_id

@@ -221,6 +221,27 @@ class Tracker:
         )
         return [r.info.run_id for r in runs]
 
+    def find_children(self, parent_id: str, role: str, run_name: str) -> list[str]:
+        """Finished child runs of ``parent_id`` with this role and name (a study's head
+        sweep or baselines, logged once and found again on a re-run)."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`{ROLE_TAG}` = '{role}' "
+                f"and attributes.run_name = '{run_name}' and attributes.status = 'FINISHED'"
+            ),
+        )
+        return [r.info.run_id for r in runs]
+
+    def read_text(self, run_id: str, path: str) -> str | None:
+        """A text artifact of a run, or ``None`` when it has none at ``path``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = self.client.download_artifacts(run_id, path, tmp)
+            except Exception:
+                return None
+            return Path(local).read_text()
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 

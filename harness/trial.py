@@ -17,13 +17,20 @@ from harness.attention import AttentionCache
 from harness.config import StudyConfig
 from harness.data import Dataset, Split
 from harness.evaluate import Evaluation, evaluate, write_predictions
+from harness.features import Map
 from harness.inputs import AttentionInputs
 from harness.models.base import EpochCallback, FitResult, Model
+from harness.models.catalog import PROBES
+from harness.models.probe import LinearProbe
 from harness.models.reader import ReaderModel
 from harness.search import TrialSpec, make_sampler, suggest
 from harness.storage import WORKER_ATTR
 from harness.tracking import Tracker
 from harness.train import TrainSettings
+
+#: features a trial may hold in memory (float32): a stack of all 72 MiniLM maps over
+#: absolute rows would take 6.8 GB, so such a draw fails at once with the reason
+MAX_FEATURE_BYTES = 3_000_000_000
 
 
 class TrialFailed(Exception):
@@ -44,6 +51,8 @@ class StudyContext:
     encoder_fingerprint: str
     #: this process's lease token, recorded on each trial it runs
     worker: str
+    #: the head sweep's maps, best validation AUC first (for ``heads: {top: k}``)
+    ranking: list[Map] | None = None
 
     def base_params(self) -> dict[str, str]:
         c = self.config
@@ -119,14 +128,30 @@ def log_model_run(
     return run_id
 
 
-def reader_for(ctx: StudyContext, spec: TrialSpec) -> ReaderModel:
-    """The attention reader a trial trains, on the study's cached features."""
+def model_for(ctx: StudyContext, spec: TrialSpec) -> Model:
+    """The model a trial trains on the study's cached features: a sequence reader over
+    token rows, or a probe over each sentence's pooled features."""
     c = ctx.config
     inputs = AttentionInputs(
-        spec.features, ctx.encoder_name, ctx.encoder_fingerprint, c.encoder.max_len
+        spec.features,
+        ctx.encoder_name,
+        ctx.encoder_fingerprint,
+        c.encoder.max_len,
+        ctx.cache.num_heads,
+        pooled=spec.classifier.kind in PROBES,
     )
-    settings = TrainSettings(**c.train.model_dump(), lr=spec.lr)
+    rows = 1 if inputs.pooled else c.encoder.max_len
+    size = len(ctx.dataset) * rows * inputs.input_size * 4
+    if size > MAX_FEATURE_BYTES:
+        raise TrialFailed(
+            f"features of {len(spec.features.maps(ctx.cache.num_heads))} maps in the "
+            f"{spec.features.view} view ({spec.features.reducer}) would take {size / 1e9:.1f} GB; "
+            "choose fewer heads, another reducer or a position-free view"
+        )
     try:
+        if spec.classifier.kind == "linear":
+            return LinearProbe(spec.classifier, inputs, ctx.dataset.positive_label)
+        settings = TrainSettings(**c.train.model_dump(), lr=spec.lr)
         return ReaderModel(spec.classifier, inputs, settings, ctx.dataset.positive_label)
     except ValueError as exc:
         raise TrialFailed(f"invalid classifier: {exc}") from None
@@ -134,7 +159,7 @@ def reader_for(ctx: StudyContext, spec: TrialSpec) -> ReaderModel:
 
 def run_trial(ctx: StudyContext, trial: optuna.Trial, spec: TrialSpec, run_id: str) -> float:
     """Train one reader on cached features and log it; the value is its best val AUC."""
-    model = reader_for(ctx, spec)
+    model = model_for(ctx, spec)
 
     def report(epoch: int, train_loss: float, val_auc: float) -> None:
         trial.report(val_auc, epoch)
@@ -158,7 +183,7 @@ class Objective:
         # seeded by trial number: reproducible, yet workers that start together (same
         # seed, same history) do not draw the same parameters
         trial.study.sampler = make_sampler(ctx.config, trial.number)
-        spec = suggest(trial, ctx.config.search)
+        spec = suggest(trial, ctx.config.search, ctx.ranking)
         params = {**spec.params(), **ctx.base_params()}
         run_id = ctx.tracker.start_trial(ctx.parent_run_id, ctx.config.name, trial.number, params)
         trial.set_user_attr("mlflow_run_id", run_id)

@@ -27,10 +27,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 from tqdm.auto import tqdm
 
 from harness.attention import AttentionCache, CacheCorrupt, length_runs
+from harness.locks import waiting_lock
 from harness.threads import num_threads, train_threads
 from harness.views import Map, check_request, combine, feature_width, pool, view_block, view_size
 
@@ -150,7 +150,7 @@ def open_view(cache: AttentionCache, w: int = 3, progress: bool = True) -> ViewC
     root.mkdir(exist_ok=True)
     name = f"relative-w{w}"
     final = root / name
-    with FileLock(str(root / f"{name}.lock")):
+    with waiting_lock(root / f"{name}.lock", "the stored attention view", "cache_dir"):
         if (final / "meta.json").exists():
             try:
                 view = _open_verified(cache, final)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from harness import train as train_module
-from harness.models.reader import ClassifierSpec, build_classifier
+from harness.models.catalog import ClassifierSpec
+from harness.models.reader import build_classifier
 from harness.train import (
     TrainingDiverged,
     TrainSettings,

@@ -34,6 +34,7 @@ WEIGHTS_FILE = "weights.safetensors"
 KINDS: dict[str, str] = {
     "reader": "harness.models.reader:ReaderModel",
     "length": "harness.models.length:LengthModel",
+    "linear": "harness.models.probe:LinearProbe",
 }
 
 #: ``on_epoch(epoch, train_loss, val_auc)``; it may raise (Optuna's ``TrialPruned``)

@@ -18,7 +18,6 @@ the dense call over the same batch, padding included.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -28,59 +27,23 @@ from torch import Tensor, nn
 
 from harness.inputs import AttentionInputs, inputs_from_dict
 from harness.models.base import EpochCallback, FitResult, write_model
+from harness.models.catalog import (
+    POOLINGS,
+    READERS,
+    ClassifierSpec,
+    ProbeSpec,
+    divisible,
+    spec_from_dict,
+)
 from harness.train import TrainSettings, predict_logits, seed_everything, sigmoid, train
-
-KINDS = ("gru", "lstm", "transformer")
-POOLINGS = ("last", "mean", "attention")
-#: hyperparameters a study may search, with the type each must have
-HPARAMS: dict[str, type] = {
-    "hidden_size": int,
-    "num_layers": int,
-    "dropout": float,
-    "bidirectional": bool,
-    "pooling": str,
-    "num_heads": int,
-    "ff_size": int,
-}
-#: hyperparameters only some kinds read (elsewhere they would be a dead search axis)
-READ_BY: dict[str, tuple[str, ...]] = {
-    "bidirectional": ("gru", "lstm"),
-    "num_heads": ("transformer",),
-    "ff_size": ("transformer",),
-}
-
-
-@dataclass
-class ClassifierSpec:
-    """Architecture of an ``AttentionReader``; plain values so it round-trips through JSON."""
-
-    kind: str = "gru"
-    hidden_size: int = 64
-    num_layers: int = 1
-    dropout: float = 0.0
-    bidirectional: bool = False  # RNNs only; ignored by the transformer
-    pooling: str = "last"  # last valid state / mean over valid steps / additive attention
-    num_heads: int = 4  # transformer only; must divide hidden_size
-    ff_size: int = 128  # transformer only
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ClassifierSpec:
-        """Rejects unknown keys, so a typo in a config is an error rather than a default."""
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown ClassifierSpec keys {unknown}")
-        return cls(**d)
 
 
 def _validate(spec: ClassifierSpec, input_size: int, max_len: int) -> None:
     def is_int(v: object) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
-    if spec.kind not in KINDS:
-        raise ValueError(f"unknown classifier kind {spec.kind!r}; expected one of {KINDS}")
+    if spec.kind not in READERS:
+        raise ValueError(f"unknown reader kind {spec.kind!r}; expected one of {READERS}")
     if spec.pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {spec.pooling!r}; expected one of {POOLINGS}")
     sizes = {
@@ -106,9 +69,55 @@ def _validate(spec: ClassifierSpec, input_size: int, max_len: int) -> None:
         )
 
 
-def divisible(hidden_size: int, num_heads: int) -> bool:
-    """A transformer splits ``hidden_size`` evenly among its heads."""
-    return hidden_size % num_heads == 0
+class Standardize(nn.Module):
+    """``(x - mean) * scale`` per feature, fitted on the training sentences' valid tokens.
+
+    Position-free statistics live on very different scales (attention to [SEP] near 0.5,
+    to a neighbour near 0.05, row entropy near 2), and without this the readers learn
+    mostly the largest. It starts as the identity (mean 0, scale 1), which is what the
+    ``rows`` view keeps: its inputs are probabilities already, read as before.
+    """
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(size))
+        self.register_buffer("scale", torch.ones(size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) * self.scale
+
+    @torch.no_grad()
+    def fit(self, x: Tensor, lengths: Tensor, idx: np.ndarray, chunk: int = 256) -> None:
+        """Mean and standard deviation over the valid tokens of rows ``idx`` (padding rows
+        are zero and are not counted), a chunk of sentences at a time."""
+        total = torch.zeros(x.shape[-1], dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        for start in range(0, len(idx), chunk):
+            rows = torch.from_numpy(idx[start : start + chunk])
+            part = x[rows].double()
+            total += part.sum(dim=(0, 1))
+            squares += (part * part).sum(dim=(0, 1))
+        count = float(lengths[torch.from_numpy(idx)].sum())
+        mean = total / count
+        std = (squares / count - mean * mean).clamp_min(0).sqrt()
+        self.mean.copy_(mean.float())
+        self.scale.copy_(torch.where(std > 1e-6, 1.0 / std, torch.ones_like(std)).float())
+
+
+class ProbeMLP(nn.Module):
+    """The ``mlp`` probe: one hidden layer over a sentence's pooled features (inputs
+    arrive as one-step sequences, ``[B, 1, F]``)."""
+
+    def __init__(self, spec: ProbeSpec, input_size: int):
+        super().__init__()
+        self.norm = Standardize(input_size)
+        self.hidden = nn.Linear(input_size, spec.hidden_size)
+        self.drop = nn.Dropout(spec.dropout)
+        self.head = nn.Linear(spec.hidden_size, 1)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        h = torch.relu(self.hidden(self.norm(x[:, 0])))
+        return self.head(self.drop(h)).squeeze(-1)
 
 
 class AttentionReader(nn.Module):
@@ -118,6 +127,7 @@ class AttentionReader(nn.Module):
         super().__init__()
         self.spec = spec
         self.max_len = max_len
+        self.norm = Standardize(input_size)
         h = spec.hidden_size
         if spec.kind == "transformer":
             self.proj = nn.Linear(input_size, h)
@@ -159,6 +169,7 @@ class AttentionReader(nn.Module):
             raise ValueError(f"lengths must be a [{B}] tensor with values in [1, {T}]")
         lengths_dev = lengths.to(x.device)
         valid = torch.arange(T, device=x.device) < lengths_dev[:, None]  # [B, T]
+        x = self.norm(x)
 
         if self.spec.kind == "transformer":
             z = self.proj(x) + self.pos(torch.arange(T, device=x.device))
@@ -215,8 +226,9 @@ def build_classifier(spec: ClassifierSpec, input_size: int, max_len: int) -> nn.
 
 
 class ReaderModel:
-    """An ``AttentionReader`` trained by gradient descent (``harness.train``) on reduced
-    attention maps: the model protocol of ``harness.models.base``.
+    """A network trained by gradient descent (``harness.train``) on attention features:
+    an ``AttentionReader`` (gru, lstm, transformer) over token rows, or the ``mlp`` probe
+    over pooled sentence features. The model protocol of ``harness.models.base``.
 
     The spec is validated here, so a bad combination fails before any training."""
 
@@ -224,7 +236,7 @@ class ReaderModel:
 
     def __init__(
         self,
-        spec: ClassifierSpec,
+        spec: ClassifierSpec | ProbeSpec,
         inputs: AttentionInputs,
         settings: TrainSettings | None = None,
         positive_label: str | None = None,
@@ -232,11 +244,14 @@ class ReaderModel:
         self.spec, self.inputs = spec, inputs
         self.settings = settings or TrainSettings()
         self.positive_label = positive_label
-        self.input_size = inputs.features.input_size(inputs.max_len)
-        _validate(spec, self.input_size, inputs.max_len)
-        self.module: AttentionReader | None = None
+        self.input_size = inputs.input_size
+        if isinstance(spec, ClassifierSpec):
+            _validate(spec, self.input_size, inputs.max_len)
+        self.module: nn.Module | None = None
 
-    def _build(self) -> AttentionReader:
+    def _build(self) -> nn.Module:
+        if isinstance(self.spec, ProbeSpec):
+            return ProbeMLP(self.spec, self.input_size)
         return AttentionReader(self.spec, self.input_size, self.inputs.max_len)
 
     def fit(
@@ -250,6 +265,8 @@ class ReaderModel:
         x, lengths = (torch.from_numpy(a) for a in inputs)
         seed_everything(self.settings.seed)  # the initial weights repeat too
         self.module = self._build()
+        if self.inputs.features.view != "rows" or self.inputs.pooled:
+            self.module.norm.fit(x, lengths, train_idx)
         return train(self.module, x, lengths, labels, train_idx, val_idx, self.settings, on_epoch)
 
     def predict_proba(
@@ -268,7 +285,7 @@ class ReaderModel:
     @classmethod
     def load(cls, directory: Path, config: dict) -> ReaderModel:
         inputs = inputs_from_dict(config["inputs"])
-        spec = ClassifierSpec.from_dict(config["classifier"])
+        spec = spec_from_dict(config["classifier"])
         model = cls(spec, inputs, positive_label=config.get("positive_label"))
         model.module = model._build()
         state = safetensors.torch.load(Path(directory, "weights.safetensors").read_bytes())

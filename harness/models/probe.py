@@ -1,0 +1,97 @@
+"""The ``linear`` probe: L2-regularised logistic regression on a sentence's pooled
+attention features, the standard probe of probing papers.
+
+Fitted with scikit-learn (lbfgs) on standardised features; its state is four small
+tensors (mean, scale, coef, intercept) in safetensors, so reloading needs neither pickle
+nor scikit-learn. The ``mlp`` probe is trained by gradient descent and lives with the
+other networks in ``harness.models.reader``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
+
+from harness.inputs import AttentionInputs, inputs_from_dict
+from harness.metrics import compute_metrics
+from harness.models.base import EpochCallback, FitResult, write_model
+from harness.models.catalog import ProbeSpec
+from harness.threads import train_threads
+
+
+class LinearProbe:
+    """``p(positive) = sigmoid(((x - mean) * scale) @ coef + intercept)``; ``spec.c`` is
+    scikit-learn's C (smaller is stronger L2)."""
+
+    kind = "linear"
+
+    def __init__(self, spec: ProbeSpec, inputs: AttentionInputs, positive_label: str | None = None):
+        if not spec.c > 0:
+            raise ValueError(f"c must be positive, got {spec.c!r}")
+        self.spec, self.inputs, self.positive_label = spec, inputs, positive_label
+        self.state: dict[str, np.ndarray] | None = None
+
+    def _scaled(self, x: np.ndarray, idx: np.ndarray | None) -> np.ndarray:
+        x = x[:, 0] if idx is None else x[idx, 0]
+        return (x - self.state["mean"]) * self.state["scale"]
+
+    def fit(
+        self,
+        inputs: tuple[np.ndarray, np.ndarray],
+        labels: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        on_epoch: EpochCallback | None = None,
+    ) -> FitResult:
+        x = inputs[0]
+        train = x[train_idx, 0].astype(np.float64)
+        std = train.std(axis=0)
+        self.state = {
+            "mean": train.mean(axis=0),
+            "scale": 1.0 / np.where(std > 1e-6, std, 1.0),
+        }
+        # BLAS on the trial's thread count (1): lbfgs on a few hundred features makes many
+        # tiny BLAS calls, and a second OpenBLAS thread made 72 probe fits 6x slower here
+        with warnings.catch_warnings(), threadpool_limits(train_threads()):
+            # the best C is found on validation; a C that converges slowly is still scored
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fitted = LogisticRegression(C=self.spec.c, max_iter=2000).fit(
+                self._scaled(x, train_idx), labels[train_idx]
+            )
+        self.state["coef"], self.state["intercept"] = fitted.coef_[0], fitted.intercept_
+        p = self.predict_proba(inputs, train_idx).astype(np.float64).clip(1e-7, 1 - 1e-7)
+        y = labels[train_idx]
+        loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+        val_auc = compute_metrics(labels[val_idx], self.predict_proba(inputs, val_idx))["auc"]
+        if on_epoch is not None:
+            on_epoch(0, loss, val_auc)
+        return FitResult(0, val_auc, [{"epoch": 0, "train_loss": loss, "val_auc": val_auc}])
+
+    def predict_proba(
+        self, inputs: tuple[np.ndarray, np.ndarray], idx: np.ndarray | None = None
+    ) -> np.ndarray:
+        if self.state is None:
+            raise RuntimeError("predict_proba before fit")
+        logits = self._scaled(inputs[0], idx) @ self.state["coef"] + self.state["intercept"][0]
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+    def save(self, directory: Path) -> None:
+        write_model(
+            self,
+            directory,
+            {"classifier": self.spec.to_dict()},
+            safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in self.state.items()}),
+        )
+
+    @classmethod
+    def load(cls, directory: Path, config: dict) -> LinearProbe:
+        spec = ProbeSpec.from_dict(config["classifier"])
+        model = cls(spec, inputs_from_dict(config["inputs"]), config.get("positive_label"))
+        model.state = safetensors.numpy.load(Path(directory, "weights.safetensors").read_bytes())
+        return model
