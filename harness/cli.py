@@ -440,9 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dash = sub.add_parser("dashboard", help="optuna-dashboard over the study storage (127.0.0.1)")
     dash.add_argument("name", nargs="?", help="study to link to (default: all)")
-    dash.add_argument(
-        "--storage", type=_url("storage"), default="sqlite:///mlruns/optuna.db"
-    )
+    dash.add_argument("--storage", type=_url("storage"), default="sqlite:///mlruns/optuna.db")
     dash.add_argument("--host", default="127.0.0.1")
     dash.add_argument("--port", type=_port, default=8080)
     dash.set_defaults(func=cmd_dashboard, quiet=True)
