@@ -92,9 +92,9 @@ def fit_and_log(
         confidence=boot.confidence,
         seed=boot.seed,
     )
-    # the last val_auc point is the best epoch's, whose weights are kept
-    ctx.tracker.log_metrics(run_id, {"val_auc": result.best_val_auc}, len(result.history))
-    ctx.tracker.log_metrics(run_id, {**ev.metrics, "best_epoch": result.best_epoch})
+    # val_auc has one point per epoch trained; the kept (best) epoch gets metrics of its own
+    best = {"best_val_auc": result.best_val_auc, "best_epoch": result.best_epoch}
+    ctx.tracker.log_metrics(run_id, {**ev.metrics, **best})
     with tempfile.TemporaryDirectory() as tmp:
         model.save(Path(tmp, "model"))
         write_predictions(Path(tmp), ctx.dataset, split, ev)
