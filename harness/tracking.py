@@ -234,6 +234,9 @@ class Tracker:
         )
         return [r.info.run_id for r in runs]
 
+    def rename(self, run_id: str, name: str) -> None:
+        self.client.update_run(run_id, name=name)
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -287,17 +290,36 @@ class RunReader:
         parent_id = parent.info.run_id
         return parent, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
 
+    def model_uri(self, run: Run) -> str:
+        """Where the run's ``model`` folder lives: its MLflow logged model, or (runs logged
+        before models were MLflow Models) the run's own ``model`` artifacts. Resolved here
+        rather than through ``runs:/``, which MLflow 3 resolves with the process-wide
+        tracking URI instead of this reader's store."""
+        outputs = run.outputs.model_outputs if run.outputs else []
+        for output in outputs:
+            model = self.client.get_logged_model(output.model_id)
+            if model.name == "model":
+                return model.artifact_location
+        return f"{run.info.artifact_uri.rstrip('/')}/model"
+
     def download_model(self, ref: str, dst: Path) -> Path:
         """The run's ``model/`` folder, downloaded under ``dst``."""
-        run_id = self.run(ref).info.run_id
+        from mlflow.artifacts import download_artifacts
+
+        run = self.run(ref)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         try:
-            return Path(self.client.download_artifacts(run_id, "model", str(dst)))
+            uri, tracking = self.model_uri(run), self.client.tracking_uri
+            local = Path(download_artifacts(uri, dst_path=str(dst), tracking_uri=tracking))
+            found = (local / "config.json").is_file()
         except Exception:
+            found = False
+        if not found:
             raise HarnessError(
-                f"run {run_id} has no model artifacts (a pruned or failed trial?); "
+                f"run {run.info.run_id} has no model artifacts (a pruned or failed trial?); "
                 "choose a COMPLETE trial from `harness study best NAME`"
-            ) from None
+            )
+        return local
 
     def model_config(self, ref: str) -> dict:
         """The run's ``model/config.json``."""
