@@ -96,8 +96,9 @@ def test_one_parent_and_one_child_per_trial_with_all_names(finished_study):
         val_curve = client.get_metric_history(child.info.run_id, "val_auc")
         assert [p.step for p in val_curve] == [p.step for p in curve]
         assert val_curve[int(m["best_epoch"])].value == pytest.approx(m["best_val_auc"])
-        paths = {a.path for a in client.list_artifacts(child.info.run_id, "model")}
-        assert paths == {"model/weights.safetensors", "model/config.json"}
+        (output,) = child.outputs.model_outputs  # the trial's MLflow Model
+        paths = {a.path for a in client.list_logged_model_artifacts(output.model_id)}
+        assert {"MLmodel", "weights.safetensors", "config.json"} <= paths
         preds = {a.path for a in client.list_artifacts(child.info.run_id, "predictions")}
         assert "predictions/test.csv" in preds
 
@@ -220,12 +221,17 @@ def test_pruned_trials_end_their_runs_without_weights(tmp_path, tiny_bert, capsy
     for trial in pruned:
         run = by_id[trial.user_attrs["mlflow_run_id"]]
         assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "PRUNED"
+        assert run.info.run_name == f"trial-{trial.number} (pruned)"
+        assert run.data.tags["mlflow.note.content"].endswith(
+            f"pruned after epoch {max(trial.intermediate_values)} "
+            f"(val_auc {trial.intermediate_values[max(trial.intermediate_values)]:.4f})"
+        )
+        assert not run.outputs.model_outputs  # no MLflow Model either
         curve = client.get_metric_history(run.info.run_id, "val_auc")
         assert [p.value for p in curve] == [
             trial.intermediate_values[s] for s in sorted(trial.intermediate_values)
         ]
         assert "test_auc" not in run.data.metrics
-        assert not client.list_artifacts(run.info.run_id, "model")
         with pytest.raises(HarnessError, match="pruned or failed trial"):
             load_run(run.info.run_id, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
 
