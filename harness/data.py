@@ -279,7 +279,7 @@ def read_texts(
         header, records = _parse_jsonl(content, path)
     else:
         delimiter = delimiter or _EXT_DELIMITERS[path.suffix.lower()]
-        header, records = _parse_delimited(content, path, delimiter)
+        header, records = _parse_delimited(content, path, delimiter, one_column=True)
     if not records:
         raise HarnessError(f"{path} has no data rows; add rows under a header")
     if text_column not in header:
@@ -325,7 +325,11 @@ def _decode(raw: bytes, path: Path) -> str:
         ) from exc
 
 
-def _parse_delimited(content: str, path: Path, delimiter: str) -> tuple[list[str], list[_Record]]:
+def _parse_delimited(
+    content: str, path: Path, delimiter: str, one_column: bool = False
+) -> tuple[list[str], list[_Record]]:
+    """Header and records; ``one_column`` allows a lone text column (files to score),
+    which in labelled data means a wrong delimiter."""
     # Python's csv module refuses cells over 131,072 characters ("field larger than field
     # limit"); a long sentence is valid data (the tokenizer truncates it to max_len anyway).
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -343,7 +347,7 @@ def _parse_delimited(content: str, path: Path, delimiter: str) -> tuple[list[str
                 continue  # blank line
             if header is None:
                 header = [c.strip() for c in row]
-                if len(header) == 1:
+                if len(header) == 1 and not one_column:
                     raise HarnessError(_one_column_message(path, delimiter, content))
                 _check_unique_columns(path, header)
                 continue
