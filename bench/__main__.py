@@ -22,6 +22,7 @@ from bench.common import ROOT, Context, Row, load_average, log
 from bench.extraction import row_cache_size, row_extraction
 from bench.features import row_features
 from bench.memory import row_memory
+from bench.prediction import row_prediction
 from bench.studies import row_parallel, row_pruning
 from bench.training import row_training
 from bench.views import row_views
@@ -37,6 +38,7 @@ ROWS: dict[int, Callable[[Context], list[Row]]] = {
     7: row_pruning,
     8: row_parallel,
     9: row_views,
+    10: row_prediction,
 }
 
 
