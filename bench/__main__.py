@@ -23,6 +23,7 @@ from bench.extraction import row_cache_size, row_extraction
 from bench.features import row_features
 from bench.finetune import row_finetune
 from bench.memory import row_memory
+from bench.prediction import row_prediction
 from bench.studies import row_parallel, row_pruning
 from bench.sweep import row_sweep
 from bench.training import row_training
@@ -41,6 +42,7 @@ ROWS: dict[int, Callable[[Context], list[Row]]] = {
     9: row_views,
     10: row_finetune,
     11: row_sweep,
+    12: row_prediction,
 }
 
 

@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from harness.champion import mark_best
 from harness.report import FINISHED, n_covered, n_finished
 from harness.trial import Objective, StudyContext, TrialFailed
 
@@ -75,7 +76,8 @@ class StopOnFailures:
 
 
 class UpdateParent:
-    """Copy the best trial's metrics to the study's parent run as trials finish."""
+    """Copy the best trial's metrics to the study's parent run as trials finish; when the
+    best changes, move its marks (``harness.champion``)."""
 
     def __init__(self, ctx: StudyContext):
         self.ctx = ctx
@@ -95,6 +97,9 @@ class UpdateParent:
         tracker, parent_id = self.ctx.tracker, self.ctx.parent_run_id
         tracker.log_metrics(parent_id, metrics, step=best.number)
         best_run = best.user_attrs.get("mlflow_run_id", "")
+        previous = tracker.client.get_run(parent_id).data.tags.get("best_run_id")
+        if best_run != previous:
+            mark_best(self.ctx, best, previous)
         tracker.set_tags(parent_id, {"best_trial_number": best.number, "best_run_id": best_run})
 
 

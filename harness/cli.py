@@ -188,6 +188,10 @@ def cmd_study_best(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if args.input:
+        return _predict_file(args)
+    if not args.texts:
+        raise HarnessError("give sentences to score, or --input FILE.csv --output OUT.csv")
     from harness.predict import load_run
 
     blank = [i for i, text in enumerate(args.texts, start=1) if not text.strip()]
@@ -200,6 +204,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
     probs = run.predict_proba(args.texts)
     for text, p in zip(args.texts, probs, strict=True):
         print(f"{p:.4f}\t{text}")
+    return 0
+
+
+def _predict_file(args: argparse.Namespace) -> int:
+    """``--input FILE``: every sentence of a csv/tsv/jsonl column, scores to ``--output``."""
+    from harness.batch import check_output, predict_texts, write_scores
+    from harness.data import read_texts
+    from harness.predict import load_run
+
+    if args.texts:
+        raise HarnessError("give either sentences or --input FILE, not both")
+    if not args.output:
+        raise HarnessError("--input needs --output OUT.csv (where the scores are written)")
+    output = Path(args.output)
+    check_output(output)
+    texts, row_ids = read_texts(args.input, args.text_column)
+    run = load_run(args.run_id, tracking_uri=args.tracking_uri)
+    probs = predict_texts(run, texts, progress=sys.stderr.isatty())
+    write_scores(output, row_ids, probs, texts)
+    print(f"scored {len(texts)} sentences from {args.input} -> {output}")
     return 0
 
 
@@ -428,7 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="predict with a logged trial")
     predict.add_argument("run_id", help="MLflow run id of a trial (or runs:/ID)")
-    predict.add_argument("texts", nargs="+", help="sentences to score")
+    predict.add_argument("texts", nargs="*", help="sentences to score")
+    predict.add_argument("--input", help="a .csv, .tsv or .jsonl file of sentences to score")
+    predict.add_argument("--text-column", default="text", help="column of --input (text)")
+    predict.add_argument("--output", help="CSV written with --input: row_id,probability,text")
     predict.add_argument("--tracking-uri", type=_url("tracking"))
     predict.set_defaults(func=cmd_predict, quiet=True)
 

@@ -11,6 +11,7 @@ need the chosen encoder (layer and head indices, ``max_len``).
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -126,6 +127,11 @@ class PrunerConfig(Strict):
         return self
 
 
+# The study-file key ``register`` is also the name of ABCMeta's ``register`` (pydantic
+# models are ABCs); a config class never registers virtual subclasses, so the field wins.
+warnings.filterwarnings("ignore", 'Field name "register" in "StudyConfig" shadows', UserWarning)
+
+
 class StudyConfig(Strict):
     name: str
     description: str = ""
@@ -143,6 +149,8 @@ class StudyConfig(Strict):
     tracking_uri: str | None = None
     artifact_location: str = Field(default="mlruns/artifacts", min_length=1)
     cache_dir: str | None = None
+    #: register each new best trial as model version ``name`` with alias ``champion``
+    register: bool = True
     search: SearchConfig
 
     #: where the config came from and its YAML tree, so later checks can cite lines

@@ -265,6 +265,35 @@ def load_dataset(
     return dataset
 
 
+def read_texts(
+    path: str | Path, text_column: str = "text", delimiter: str | None = None
+) -> tuple[list[str], np.ndarray]:
+    """The ``text_column`` of an unlabelled csv/tsv/jsonl file (sentences to score) and
+    each row's ``row_id`` (its 0-based data row), with the same checks as ``load_dataset``."""
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"input file {path} does not exist or is not a file")
+    _check_format(path, delimiter)
+    content = _decode(_read_bytes(path), path)
+    if path.suffix.lower() == ".jsonl":
+        header, records = _parse_jsonl(content, path)
+    else:
+        delimiter = delimiter or _EXT_DELIMITERS[path.suffix.lower()]
+        header, records = _parse_delimited(content, path, delimiter, one_column=True)
+    if not records:
+        raise HarnessError(f"{path} has no data rows; add rows under a header")
+    if text_column not in header:
+        raise HarnessError(_missing_column_message(path, "text", text_column, header))
+    texts = [_text_str(r.values.get(text_column)) for r in records]
+    blank = [r.line for r, t in zip(records, texts, strict=True) if not t.strip()]
+    if blank:
+        raise HarnessError(
+            f"{path}: {len(blank)} row(s) have an empty '{text_column}' text (first at line "
+            f"{blank[0]}); remove those rows or pass the right --text-column"
+        )
+    return texts, np.array([r.row_id for r in records], dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class _Record:
     line: int  # 1-based physical line where the record starts (header is line 1 for csv)
@@ -296,7 +325,11 @@ def _decode(raw: bytes, path: Path) -> str:
         ) from exc
 
 
-def _parse_delimited(content: str, path: Path, delimiter: str) -> tuple[list[str], list[_Record]]:
+def _parse_delimited(
+    content: str, path: Path, delimiter: str, one_column: bool = False
+) -> tuple[list[str], list[_Record]]:
+    """Header and records; ``one_column`` allows a lone text column (files to score),
+    which in labelled data means a wrong delimiter."""
     # Python's csv module refuses cells over 131,072 characters ("field larger than field
     # limit"); a long sentence is valid data (the tokenizer truncates it to max_len anyway).
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -314,7 +347,7 @@ def _parse_delimited(content: str, path: Path, delimiter: str) -> tuple[list[str
                 continue  # blank line
             if header is None:
                 header = [c.strip() for c in row]
-                if len(header) == 1:
+                if len(header) == 1 and not one_column:
                     raise HarnessError(_one_column_message(path, delimiter, content))
                 _check_unique_columns(path, header)
                 continue

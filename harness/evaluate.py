@@ -7,6 +7,8 @@ percentile intervals from bootstrap resamples of its predictions.
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ import numpy as np
 from harness.data import Dataset, Split
 from harness.metrics import METRICS, bootstrap_ci, compute_metrics
 from harness.models.base import Model
+
+PREDICTION_HEADER = ("index", "row_id", "label", "probability", "text")
 
 
 @dataclass
@@ -53,12 +57,18 @@ def evaluate(
 
 
 def predictions_csv(dataset: Dataset, idx: np.ndarray, probs: np.ndarray) -> str:
-    """``row_id,label,probability``: enough to recompute any metric, or pair two runs."""
-    rows = ["row_id,label,probability"]
-    rows += [
-        f"{dataset.row_ids[i]},{dataset.labels[i]},{p:.8f}" for i, p in zip(idx, probs, strict=True)
-    ]
-    return "\n".join(rows) + "\n"
+    """``index,row_id,label,probability,text``: enough to recompute any metric, pair two
+    runs, or read what was predicted. ``index`` is the position in ``dataset.texts`` (the
+    study's rows, after BABE's unlabelled rows are dropped and after ``max_rows``);
+    ``row_id`` is the 0-based data row of the file (header and blank lines not counted)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(PREDICTION_HEADER)
+    for i, p in zip(idx, probs, strict=True):
+        writer.writerow(
+            [int(i), int(dataset.row_ids[i]), int(dataset.labels[i]), f"{p:.8f}", dataset.texts[i]]
+        )
+    return out.getvalue()
 
 
 def write_predictions(directory: Path, dataset: Dataset, split: Split, ev: Evaluation) -> None:

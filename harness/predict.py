@@ -43,12 +43,20 @@ class LoadedRun:
         return (self.predict_proba(texts) >= self.threshold).astype(np.int64)
 
 
+def load_saved(directory: Path, run_id: str = "", device: str = "cpu") -> LoadedRun:
+    """A saved model folder (``config.json`` + ``weights.safetensors``), ready to predict:
+    what ``load_run`` and the MLflow pyfunc (``harness/pyfunc_entry.py``) both use."""
+    config = read_config(directory)
+    return LoadedRun(run_id, config, load_model(directory, config), device)
+
+
 def load_run(run_id: str, tracking_uri: str | None = None, device: str = "cpu") -> LoadedRun:
-    """Rebuild the model of run ``run_id`` (or ``runs:/ID``) from its logged artifacts."""
+    """Rebuild the model of run ``run_id`` (or ``runs:/ID``) from its logged artifacts.
+
+    ``runs:/ID/model`` holds ``config.json`` and ``weights.safetensors`` at its top level
+    both in runs logged as MLflow Models (MLflow 3 serves the path from the run's logged
+    model) and in older runs (plain run artifacts), so both load the same way."""
     reader = RunReader(tracking_uri)
     run_id = reader.run(run_id).info.run_id
     with tempfile.TemporaryDirectory() as tmp:
-        local = reader.download_model(run_id, Path(tmp))
-        config = read_config(local)
-        model = load_model(local, config)
-    return LoadedRun(run_id, config, model, device)
+        return load_saved(reader.download_model(run_id, Path(tmp)), run_id, device)

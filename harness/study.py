@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ from harness.workers import (
 )
 
 log = logging.getLogger("harness")
+
+#: what the Optuna study maximises: the best epoch's validation AUC
+OBJECTIVE = "val_auc"
 
 
 @dataclass
@@ -235,6 +239,10 @@ def open_stores(p: Prepared) -> Iterator[StudySession]:
         study, created = _open_study(config, storage)
         if created:
             study.set_user_attr(CREATOR_ATTR, lease.token)
+            # optuna-dashboard and ``study.trials_dataframe`` show "val_auc", not "values_0"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([OBJECTIVE])
         if "data_sha256" not in study.user_attrs:
             study.set_user_attr("data_sha256", p.dataset.sha256)
             study.set_user_attr("split_sha256", split_sha256(p.split))
@@ -257,7 +265,7 @@ def open_stores(p: Prepared) -> Iterator[StudySession]:
         if needs_ranking(config):
             ctx.ranking = ranking(ensure_sweep(ctx, p.progress))
         yield StudySession(study, ctx, lease)
-        tracker.finish(parent_id)
+        tracker.finish_parent(parent_id)
     finally:
         lease.release()
 
@@ -332,12 +340,12 @@ def _optimize(study: optuna.Study, ctx: StudyContext, p: Prepared, remaining: in
         )
     except KeyboardInterrupt:
         progress.close()
-        ctx.tracker.finish(ctx.parent_run_id, "KILLED")
+        ctx.tracker.finish_parent(ctx.parent_run_id, "KILLED")
         raise
     progress.close()
     log.info("ran %d trials in %.0f s", failures.ok + failures.failed, time.time() - started)
     if failures.tripped:
-        ctx.tracker.finish(ctx.parent_run_id, "FAILED")
+        ctx.tracker.finish_parent(ctx.parent_run_id, "FAILED")
         raise HarnessError(
             f"study {ctx.config.name!r} stopped: {failures.failed} of "
             f"{failures.ok + failures.failed} trials failed (last: {failures.last_reason[:200]}); "

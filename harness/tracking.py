@@ -105,6 +105,9 @@ class Tracker:
         with _init_lock(tracking_uri):
             self.client = MlflowClient(sqlalchemy_url(tracking_uri))
             self.experiment_id = self._experiment_id(experiment_name, artifact_location)
+        #: parent runs this process marked RUNNING: only those does ``finish_parent`` end,
+        #: so a run that adds no trials leaves the parent's status and times alone
+        self._opened: set[str] = set()
 
     def _experiment_id(self, name: str, artifact_location: str | None) -> str:
         """The study's experiment, created (or restored) when needed. Several workers may
@@ -132,19 +135,26 @@ class Tracker:
             run_name=study_name,
             tags={ROLE_TAG: "study", "optuna.study_name": study_name},
         )
+        self._opened.add(run.info.run_id)
         return run.info.run_id
 
     def reopen_parent(self, run_id: str) -> bool:
-        """Mark a continued study's parent RUNNING again (restoring it if it was deleted in
-        the UI); False when the run no longer exists at all."""
+        """Check a continued study's parent exists (restoring it if it was deleted in the
+        UI); False when the run no longer exists at all. It is marked RUNNING again only
+        when a child run starts under it (``start_child``)."""
         try:
             run = self.client.get_run(run_id)
         except MlflowException:
             return False
         if run.info.lifecycle_stage == "deleted":
             self.client.restore_run(run_id)
-        self.client.update_run(run_id, status="RUNNING")
         return True
+
+    def finish_parent(self, run_id: str, status: str = "FINISHED") -> None:
+        """End the parent run if this process reopened it (it added a run under it)."""
+        if run_id in self._opened:
+            self.finish(run_id, status)
+            self._opened.discard(run_id)
 
     def start_child(
         self,
@@ -155,6 +165,9 @@ class Tracker:
         tags: dict[str, str] | None = None,
     ) -> str:
         """A child run of the study's parent: a trial, or a baseline fitted beside them."""
+        if parent_id not in self._opened:
+            self.client.update_run(parent_id, status="RUNNING")
+            self._opened.add(parent_id)
         tags = {"mlflow.parentRunId": parent_id, ROLE_TAG: role, **(tags or {})}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.log_params(run.info.run_id, params)
@@ -242,6 +255,9 @@ class Tracker:
                 return None
             return Path(local).read_text()
 
+    def rename(self, run_id: str, name: str) -> None:
+        self.client.update_run(run_id, name=name)
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -295,17 +311,36 @@ class RunReader:
         parent_id = parent.info.run_id
         return parent, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
 
+    def model_uri(self, run: Run) -> str:
+        """Where the run's ``model`` folder lives: its MLflow logged model, or (runs logged
+        before models were MLflow Models) the run's own ``model`` artifacts. Resolved here
+        rather than through ``runs:/``, which MLflow 3 resolves with the process-wide
+        tracking URI instead of this reader's store."""
+        outputs = run.outputs.model_outputs if run.outputs else []
+        for output in outputs:
+            model = self.client.get_logged_model(output.model_id)
+            if model.name == "model":
+                return model.artifact_location
+        return f"{run.info.artifact_uri.rstrip('/')}/model"
+
     def download_model(self, ref: str, dst: Path) -> Path:
         """The run's ``model/`` folder, downloaded under ``dst``."""
-        run_id = self.run(ref).info.run_id
+        from mlflow.artifacts import download_artifacts
+
+        run = self.run(ref)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         try:
-            return Path(self.client.download_artifacts(run_id, "model", str(dst)))
+            uri, tracking = self.model_uri(run), self.client.tracking_uri
+            local = Path(download_artifacts(uri, dst_path=str(dst), tracking_uri=tracking))
+            found = (local / "config.json").is_file()
         except Exception:
+            found = False
+        if not found:
             raise HarnessError(
-                f"run {run_id} has no model artifacts (a pruned or failed trial?); "
+                f"run {run.info.run_id} has no model artifacts (a pruned or failed trial?); "
                 "choose a COMPLETE trial from `harness study best NAME`"
-            ) from None
+            )
+        return local
 
     def model_config(self, ref: str) -> dict:
         """The run's ``model/config.json``."""

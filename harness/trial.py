@@ -19,10 +19,18 @@ from harness.data import Dataset, Split
 from harness.evaluate import Evaluation, evaluate, write_predictions
 from harness.features import Map
 from harness.inputs import AttentionInputs
+from harness.mlflow_model import log_pyfunc
 from harness.models.base import EpochCallback, FitResult, Model
 from harness.models.catalog import PROBES
 from harness.models.probe import LinearProbe
 from harness.models.reader import ReaderModel
+from harness.run_metadata import (
+    DESCRIPTION_TAG,
+    dataset_input,
+    describe_model,
+    describe_run,
+    provenance_tags,
+)
 from harness.search import TrialSpec, make_sampler, suggest
 from harness.storage import WORKER_ATTR
 from harness.tracking import Tracker
@@ -101,14 +109,21 @@ def fit_and_log(
         confidence=boot.confidence,
         seed=boot.seed,
     )
-    # the last val_auc point is the best epoch's, whose weights are kept
-    ctx.tracker.log_metrics(run_id, {"val_auc": result.best_val_auc}, len(result.history))
-    ctx.tracker.log_metrics(run_id, {**ev.metrics, "best_epoch": result.best_epoch})
+    # val_auc has one point per epoch trained; the kept (best) epoch gets metrics of its own
+    best = {"best_val_auc": result.best_val_auc, "best_epoch": result.best_epoch}
+    ctx.tracker.log_metrics(run_id, {**ev.metrics, **best})
     with tempfile.TemporaryDirectory() as tmp:
-        model.save(Path(tmp, "model"))
         write_predictions(Path(tmp), ctx.dataset, split, ev)
         ctx.tracker.log_dir(run_id, Path(tmp))
+    example = [ctx.dataset.texts[i] for i in split.val[:2]]
+    log_pyfunc(ctx.tracker.client, ctx.tracker.experiment_id, run_id, model, example)
     return result, ev
+
+
+def annotate(ctx: StudyContext, run_id: str) -> None:
+    """Every run of the study: reproducibility tags and the data as a dataset input."""
+    ctx.tracker.set_tags(run_id, provenance_tags(ctx.encoder_fingerprint))
+    ctx.tracker.client.log_inputs(run_id, [dataset_input(ctx.dataset, ctx.split)])
 
 
 def log_model_run(
@@ -116,14 +131,15 @@ def log_model_run(
 ) -> str:
     """Fit, evaluate and log ``model`` as a child run of the study's parent (a baseline
     beside the trials); returns the run id. The run ends FAILED if anything raises."""
-    run_id = ctx.tracker.start_child(
-        ctx.parent_run_id, run_name, role, {**params, **ctx.base_params()}
-    )
+    params = {**params, **ctx.base_params()}
+    run_id = ctx.tracker.start_child(ctx.parent_run_id, run_name, role, params)
     try:
-        fit_and_log(ctx, model, ctx.inputs_for(model), run_id)
+        annotate(ctx, run_id)
+        result, _ = fit_and_log(ctx, model, ctx.inputs_for(model), run_id)
     except BaseException as exc:
         ctx.tracker.finish(run_id, "FAILED" if isinstance(exc, Exception) else "KILLED")
         raise
+    ctx.tracker.set_tags(run_id, {DESCRIPTION_TAG: describe_run(params, result.best_val_auc)})
     ctx.tracker.finish(run_id)
     return run_id
 
@@ -188,8 +204,12 @@ class Objective:
         run_id = ctx.tracker.start_trial(ctx.parent_run_id, ctx.config.name, trial.number, params)
         trial.set_user_attr("mlflow_run_id", run_id)
         try:
+            annotate(ctx, run_id)
             value = run_trial(ctx, trial, spec, run_id)
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as exc:
+            # MLflow has no PRUNED status: the name marks it in the runs table
+            ctx.tracker.rename(run_id, f"trial-{trial.number} (pruned)")
+            ctx.tracker.set_tags(run_id, {DESCRIPTION_TAG: f"{describe_model(params)} — {exc}"})
             ctx.tracker.end(run_id, "PRUNED")
             raise
         except Exception as exc:
@@ -200,5 +220,6 @@ class Objective:
         except BaseException:
             ctx.tracker.kill(run_id, "interrupted")
             raise
+        ctx.tracker.set_tags(run_id, {DESCRIPTION_TAG: describe_run(params, value)})
         ctx.tracker.end(run_id, "COMPLETE")
         return value

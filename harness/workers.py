@@ -28,6 +28,7 @@ from harness import __version__
 from harness.attention import default_cache_dir
 from harness.config import StudyConfig
 from harness.errors import HarnessError
+from harness.run_metadata import DESCRIPTION_TAG, dataset_input, provenance_tags
 from harness.storage import StaleCallback, WorkerLease
 from harness.tracking import Tracker, dumps
 
@@ -108,8 +109,22 @@ def parent_run(
         "harness_version": __version__,
     }
     tracker.log_params(parent_id, params)
+    describe_study(tracker, parent_id, p)
     study.set_user_attr(PARENT_ATTR, parent_id)
     return parent_id
+
+
+def describe_study(tracker: Tracker, parent_id: str, p: Prepared) -> None:
+    """The study's description on its experiment and parent run (the UI's Description),
+    the data as a dataset input and the reproducibility tags."""
+    tags = provenance_tags(p.encoder.fingerprint)
+    if p.config.description.strip():
+        tags[DESCRIPTION_TAG] = p.config.description.strip()
+        tracker.client.set_experiment_tag(
+            tracker.experiment_id, DESCRIPTION_TAG, p.config.description.strip()
+        )
+    tracker.set_tags(parent_id, tags)
+    tracker.client.log_inputs(parent_id, [dataset_input(p.dataset, p.split)])
 
 
 def _wait_for_parent(study: optuna.Study, lease: WorkerLease) -> str | None:

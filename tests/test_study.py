@@ -88,12 +88,17 @@ def test_one_parent_and_one_child_per_trial_with_all_names(finished_study):
         m = child.data.metrics
         for name in METRICS:
             assert m[f"test_{name}_ci_low"] <= m[f"test_{name}"] <= m[f"test_{name}_ci_high"]
-        # the final val_auc is the objective Optuna got
-        assert m["val_auc"] == pytest.approx(trial.value)
+        # one val_auc point per epoch trained, like train_loss; the kept epoch's value is
+        # best_val_auc, the objective Optuna got
+        assert m["best_val_auc"] == pytest.approx(trial.value)
         curve = client.get_metric_history(child.info.run_id, "train_loss")
         assert [p.step for p in curve] == list(range(len(curve))) and len(curve) >= 1
-        paths = {a.path for a in client.list_artifacts(child.info.run_id, "model")}
-        assert paths == {"model/weights.safetensors", "model/config.json"}
+        val_curve = client.get_metric_history(child.info.run_id, "val_auc")
+        assert [p.step for p in val_curve] == [p.step for p in curve]
+        assert val_curve[int(m["best_epoch"])].value == pytest.approx(m["best_val_auc"])
+        (output,) = child.outputs.model_outputs  # the trial's MLflow Model
+        paths = {a.path for a in client.list_logged_model_artifacts(output.model_id)}
+        assert {"MLmodel", "weights.safetensors", "config.json"} <= paths
         preds = {a.path for a in client.list_artifacts(child.info.run_id, "predictions")}
         assert "predictions/test.csv" in preds
 
@@ -126,6 +131,22 @@ def test_continue_same_parent_without_running_the_encoder(finished_study, caplog
     assert len({c.data.tags["optuna.trial_number"] for c in children}) == 4
 
 
+def test_a_run_that_adds_no_trials_leaves_the_parent_alone(finished_study):
+    """The study already has its 4 trials: running it again starts none, and the parent
+    run keeps its status, start and end time (its Duration in the UI)."""
+    tmp, path, summary = finished_study
+    client, parents, _ = _runs(tmp, "e2e")
+    before = parents[0].info
+    again = run_study(path, n_trials=4, progress=False)
+    assert again.n_finished == 4
+    after = client.get_run(summary.parent_run_id).info
+    assert (after.status, after.start_time, after.end_time) == (
+        before.status,
+        before.start_time,
+        before.end_time,
+    )
+
+
 def test_load_run_reproduces_logged_test_probabilities_in_a_new_process(finished_study):
     tmp, _, summary = finished_study
     client, _, children = _runs(tmp, "e2e")
@@ -150,6 +171,9 @@ def test_load_run_reproduces_logged_test_probabilities_in_a_new_process(finished
         check=True,
     )
     probs = np.array(json.loads(out.stdout.strip().splitlines()[-1]))
+    # the CSV carries the sentence; row_id is the file's data row, index the Dataset's row
+    assert all(r["text"] == texts[int(r["row_id"])] for r in rows)
+    assert all(int(r["index"]) == int(r["row_id"]) for r in rows)  # no rows dropped here
     logged = np.array([float(r["probability"]) for r in rows])
     np.testing.assert_allclose(probs, logged, atol=1e-5)
 
@@ -160,8 +184,7 @@ def test_objective_uses_validation_only(finished_study):
     client, _, children = _runs(tmp, "e2e")
     for child in children:
         history = client.get_metric_history(child.info.run_id, "val_auc")
-        per_epoch = [p.value for p in history[:-1]]
-        assert history[-1].value == pytest.approx(max(per_epoch))
+        assert child.data.metrics["best_val_auc"] == pytest.approx(max(p.value for p in history))
 
 
 def test_pruned_trials_end_their_runs_without_weights(tmp_path, tiny_bert, capsys):
@@ -198,12 +221,17 @@ def test_pruned_trials_end_their_runs_without_weights(tmp_path, tiny_bert, capsy
     for trial in pruned:
         run = by_id[trial.user_attrs["mlflow_run_id"]]
         assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "PRUNED"
+        assert run.info.run_name == f"trial-{trial.number} (pruned)"
+        assert run.data.tags["mlflow.note.content"].endswith(
+            f"pruned after epoch {max(trial.intermediate_values)} "
+            f"(val_auc {trial.intermediate_values[max(trial.intermediate_values)]:.4f})"
+        )
+        assert not run.outputs.model_outputs  # no MLflow Model either
         curve = client.get_metric_history(run.info.run_id, "val_auc")
         assert [p.value for p in curve] == [
             trial.intermediate_values[s] for s in sorted(trial.intermediate_values)
         ]
         assert "test_auc" not in run.data.metrics
-        assert not client.list_artifacts(run.info.run_id, "model")
         with pytest.raises(HarnessError, match="pruned or failed trial"):
             load_run(run.info.run_id, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
 
