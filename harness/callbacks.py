@@ -83,7 +83,7 @@ class UpdateParent:
         self.ctx = ctx
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state not in FINISHED:
+        if trial.state not in FINISHED or self.ctx.outage is not None:
             return
         try:
             best = study.best_trial

@@ -169,11 +169,14 @@ def cmd_heads(args: argparse.Namespace) -> int:
 def cmd_study_best(args: argparse.Namespace) -> int:
     import optuna
 
+    from harness.preflight import storage_exists
     from harness.report import describe_finished, format_table, n_finished, n_pruned, trial_rows
     from harness.storage import DEFAULT_STORAGE, make_storage
 
     url = args.storage or DEFAULT_STORAGE
     _require_store(url, "--storage", "Optuna storage")
+    if not storage_exists(url):  # a database without Optuna's tables: none are made
+        raise HarnessError(f"no study named {args.name!r} in {url}; studies there: (none)")
     storage = make_storage(url)
     try:
         study = optuna.load_study(study_name=args.name, storage=storage)
@@ -483,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.preflight import bound_mlflow_retries
+
+    bound_mlflow_retries()  # before any MLflow client: a lost server fails in seconds
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "quiet", False))

@@ -33,10 +33,17 @@ MLFLOW_RETRY_ENV = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }
-#: a table every Optuna RDB storage has
+#: a table every Optuna RDB storage has, and one every MLflow database store has
 _OPTUNA_TABLE = "studies"
+_MLFLOW_TABLE = "experiments"
 #: how PostgreSQL and MySQL say the database itself is missing
 _NO_DATABASE = re.compile(r'database "[^"]*" does not exist|Unknown database')
+#: how database drivers say a connection was lost or could not be made
+_CONNECTION_LOST = re.compile(
+    r"could not connect|connection refused|server closed the connection|terminating connection"
+    r"|connection (?:is|already) closed|lost connection|can't connect",
+    re.IGNORECASE,
+)
 
 
 def bound_mlflow_retries() -> dict[str, str]:
@@ -136,6 +143,22 @@ def check_tracking(uri: str) -> None:
         _connect(uri, "MLflow tracking store", "--tracking-uri")
 
 
+def check_study(
+    cache_dir: Path, storage_url: str, tracking_uri: str, artifact_location: str | None
+) -> None:
+    """Every folder and store a study will write, checked before its first piece of work
+    (extraction, a study, an experiment): the cache folder (which also holds the workers'
+    leases), the Optuna storage, the tracking store, and the artifact folder of a local
+    tracking store (a server keeps its own)."""
+    from harness.tracking import is_local_store
+
+    check_writable_dir(cache_dir, "attention cache folder", "cache_dir or HARNESS_CACHE_DIR")
+    check_storage(storage_url)
+    check_tracking(tracking_uri)
+    if artifact_location and is_local_store(tracking_uri):
+        check_writable_dir(artifact_location, "artifact folder", "artifact_location")
+
+
 def storage_exists(url: str) -> bool:
     """Whether an Optuna storage is at ``url``, found without creating one: read-only
     commands must not leave a database or Optuna's tables behind just by looking."""
@@ -144,16 +167,44 @@ def storage_exists(url: str) -> bool:
         return path.is_file()
     if url.startswith("sqlite:"):
         return False
+    return _has_table(url, _OPTUNA_TABLE, "Optuna storage", "--storage")
+
+
+def check_tracking_exists(uri: str) -> None:
+    """A tracking store to read from is there, found without creating one: a server that
+    answers ``/health`` (within seconds, not after minutes of retries), an SQLite file, or
+    a database with MLflow's tables. Opening a client on a missing one would create it."""
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+        return
+    path = local_path(uri)
+    if path is not None:
+        if not path.is_file():
+            raise HarnessError(
+                f"no MLflow store at {path}; run a study first "
+                "(harness study run FILE) or pass --tracking-uri"
+            )
+    elif "://" in uri and not uri.startswith(("sqlite:", "file:")):
+        if not _has_table(uri, _MLFLOW_TABLE, "MLflow tracking store", "--tracking-uri"):
+            raise HarnessError(
+                f"no MLflow store in {_hide_password(uri)} (the database has no MLflow "
+                "tables); run a study first or pass --tracking-uri"
+            )
+
+
+def _has_table(url: str, table: str, what: str, option: str) -> bool:
+    """Whether the database at ``url`` has ``table``; False when the database itself does
+    not exist; a one-line error when its server cannot be reached."""
     import sqlalchemy
 
     engine = _engine(url)
     try:
         with engine.connect() as connection:
-            return sqlalchemy.inspect(connection).has_table(_OPTUNA_TABLE)
+            return sqlalchemy.inspect(connection).has_table(table)
     except Exception as exc:  # noqa: BLE001 - any driver's error becomes one line
         if _NO_DATABASE.search(str(exc)):
             return False
-        raise _unreachable(url, "Optuna storage", "--storage", exc) from None
+        raise _unreachable(url, what, option, exc) from None
     finally:
         engine.dispose()
 
@@ -231,6 +282,29 @@ def _check_server(uri: str) -> None:
             f"MLflow tracking server at {uri} answered GET /health with HTTP {status}; "
             "check that the URL points at an MLflow server (mlflow server) or fix --tracking-uri"
         )
+
+
+def store_outage(exc: BaseException) -> str | None:
+    """Why a store stopped answering, when ``exc`` or an exception it came from says so
+    (None for any other failure). After preflight, such a failure is not the trial's
+    fault: the study stops at once instead of failing every later trial the same way,
+    each after its retries."""
+    import requests
+    import sqlalchemy.exc
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, requests.exceptions.RequestException) and not isinstance(
+            exc, requests.exceptions.InvalidURL
+        ):
+            return f"MLflow tracking server stopped answering ({_first_line(exc)})"
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and (
+            exc.connection_invalidated or _CONNECTION_LOST.search(str(exc))
+        ):
+            return f"database connection lost ({_first_line(exc)})"
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _for(setting: str | None) -> str:

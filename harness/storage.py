@@ -147,10 +147,13 @@ class WorkerLease:
             if self.alive(path.stem) is False:
                 path.unlink(missing_ok=True)
 
-    def release(self) -> None:
-        """End of a clean run: remove the lease (a killed process leaves it to ``prune``)."""
+    def release(self, keep: bool = False) -> None:
+        """End of a clean run: remove the lease (a killed process leaves it to ``prune``).
+        ``keep`` leaves it behind unlocked, as a killed process would: this worker leaves
+        records for the next one to settle (``harness.settle``)."""
         if self._fd is not None:
-            self._path(self.token).unlink(missing_ok=True)
+            if not keep:
+                self._path(self.token).unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
 

@@ -23,19 +23,20 @@ from pathlib import Path
 import optuna
 import torch
 
-from harness.attention import AttentionCache, extract_attention
+from harness.attention import AttentionCache, default_cache_dir, extract_attention
 from harness.callbacks import ProgressLine, SkipSurplus, StopAtTarget, StopOnFailures, UpdateParent
 from harness.config import StudyConfig, check_encoder, load_study_file
 from harness.data import Dataset, Split, load_dataset, make_split
 from harness.encoder import Encoder, load_encoder
 from harness.errors import HarnessError
+from harness.preflight import check_study, storage_exists, store_outage
 from harness.report import n_covered, n_finished, n_pruned, trial_rows
 from harness.search import make_pruner, make_sampler
+from harness.settle import StaleHandler, settle_runs
 from harness.space import Top
 from harness.storage import (
     WorkerLease,
     heartbeat_interval,
-    local_path,
     make_storage,
     validate_storage_url,
 )
@@ -43,14 +44,7 @@ from harness.sweep import ensure_sweep, ranking
 from harness.threads import train_threads
 from harness.tracking import Tracker, default_tracking_uri, validate_tracking_uri
 from harness.trial import Objective, StudyContext, TrialFailed
-from harness.workers import (
-    CREATOR_ATTR,
-    fail_dead_trials,
-    lease_dir,
-    parent_run,
-    stale_handler,
-    start_workers,
-)
+from harness.workers import CREATOR_ATTR, fail_dead_trials, lease_dir, parent_run, start_workers
 
 log = logging.getLogger("harness")
 
@@ -174,6 +168,8 @@ def prepare(
     encoder = load_encoder(config.encoder.name)
     check_encoder(config, encoder)
     dataset, split = _load_data(config)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    check_study(cache_dir, storage_url, tracking, config.artifact_location)
     _check_existing(config, storage_url, dataset, split, where, target)
     cache = extract_attention(
         encoder,
@@ -194,8 +190,7 @@ def _check_existing(
     config: StudyConfig, url: str, dataset: Dataset, split: Split, where: str, target: int
 ) -> None:
     """A continued study must see the same data and the same split as its first trials."""
-    store_file = local_path(url)
-    if store_file is not None and not store_file.exists():
+    if not storage_exists(url):
         return  # never create a store just to look
     try:
         study = optuna.load_study(study_name=config.name, storage=make_storage(url))
@@ -229,13 +224,16 @@ def split_sha256(split: Split) -> str:
 @contextmanager
 def open_stores(p: Prepared) -> Iterator[StudySession]:
     """Open (or create) the MLflow experiment, this worker's lease, the Optuna study and
-    its parent run. The parent run ends FINISHED when the block ends normally; the lease
-    is released however it ends."""
+    its parent run, and settle the runs earlier workers left unsettled. The parent run
+    ends FINISHED when the block ends normally; the lease is released however it ends,
+    except after a store stopped answering: then it is left behind free, like a killed
+    worker's, so that the next worker on this machine settles what this one could not."""
     config = p.config
     tracker = Tracker(p.tracking_uri, config.name, config.artifact_location)
     lease = WorkerLease(lease_dir(config))
+    session = None
     try:
-        storage = make_storage(p.storage_url, on_stale=stale_handler(tracker), lease=lease)
+        storage = make_storage(p.storage_url, on_stale=StaleHandler(tracker, lease), lease=lease)
         study, created = _open_study(config, storage)
         if created:
             study.set_user_attr(CREATOR_ATTR, lease.token)
@@ -249,8 +247,9 @@ def open_stores(p: Prepared) -> Iterator[StudySession]:
             study.set_user_attr("encoder", config.encoder.name)
         # trials of killed workers end as FAIL now, even when none are left to run
         fail_dead_trials(study)
-        lease.prune()
         parent_id = parent_run(tracker, study, created, lease, p)
+        settle_runs(study, tracker, lease, parent_id)  # while dead workers' leases remain
+        lease.prune()
         ctx = StudyContext(
             config,
             p.dataset,
@@ -264,10 +263,12 @@ def open_stores(p: Prepared) -> Iterator[StudySession]:
         )
         if needs_ranking(config):
             ctx.ranking = ranking(ensure_sweep(ctx, p.progress))
-        yield StudySession(study, ctx, lease)
+        session = StudySession(study, ctx, lease)
+        yield session
+        settle_runs(study, tracker, lease, parent_id)
         tracker.finish_parent(parent_id)
     finally:
-        lease.release()
+        lease.release(keep=session is not None and session.ctx.outage is not None)
 
 
 def needs_ranking(config: StudyConfig) -> bool:
@@ -325,7 +326,7 @@ def run_trials(p: Prepared, session: StudySession) -> None:
 
 
 def _optimize(study: optuna.Study, ctx: StudyContext, p: Prepared, remaining: int) -> None:
-    """This process's trials; stop early if most fail."""
+    """This process's trials; stop early if most fail, or at once if a store goes away."""
     failures = StopOnFailures()
     progress = ProgressLine(remaining, p.progress)
     started = time.time()
@@ -342,7 +343,16 @@ def _optimize(study: optuna.Study, ctx: StudyContext, p: Prepared, remaining: in
         progress.close()
         ctx.tracker.finish_parent(ctx.parent_run_id, "KILLED")
         raise
+    except Exception as exc:
+        ctx.outage = ctx.outage or store_outage(exc)
+        if ctx.outage is None:
+            raise
     progress.close()
+    if ctx.outage is not None:
+        raise HarnessError(
+            f"study {ctx.config.name!r} stopped: {ctx.outage[:300]}; start the store again "
+            "(or fix --storage / --tracking-uri) and run the same command to continue"
+        )
     log.info("ran %d trials in %.0f s", failures.ok + failures.failed, time.time() - started)
     if failures.tripped:
         ctx.tracker.finish_parent(ctx.parent_run_id, "FAILED")

@@ -118,6 +118,21 @@ def explain(err: dict, root_model: type[BaseModel]) -> StudyKeyError:
     return StudyKeyError(loc, problem)
 
 
+def _misspelt_required(errors: list[dict]) -> StudyKeyError | None:
+    """A required key that is missing because it was misspelt (``serach:``): name the key
+    the user wrote, which "key 'search': missing" alone would never mention."""
+    for missing in (e for e in errors if e["type"] == "missing"):
+        want = tuple(missing["loc"])
+        for extra in (e for e in errors if e["type"] == "extra_forbidden"):
+            got = tuple(extra["loc"])
+            if got[:-1] == want[:-1] and did_you_mean(got[-1], [want[-1]]):
+                return StudyKeyError(
+                    got,
+                    f"unknown key; did you mean '{dotted(want)}'? (a required key, and missing)",
+                )
+    return None
+
+
 def _compose(text: str, where: str) -> tuple[yaml.Node | None, Any]:
     """Parse once, keeping the node tree (for line numbers) and the plain data."""
     loader = yaml.SafeLoader(text)
@@ -177,7 +192,8 @@ def parse(text: str, where: str, model: type[M]) -> tuple[M, yaml.Node | None]:
     except StudyKeyError as exc:
         raise HarnessError(f"{place(where, root, exc.loc)}: {exc}") from None
     except ValidationError as exc:
-        problem = explain(exc.errors()[0], model)
+        errors = exc.errors()
+        problem = _misspelt_required(errors) or explain(errors[0], model)
         raise HarnessError(f"{place(where, root, problem.loc)}: {problem}") from None
 
 

@@ -17,15 +17,18 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness.errors import HarnessError
+from harness.preflight import check_tracking_exists, store_outage
 from harness.storage import check_url, local_path, sqlalchemy_url, sqlite_init_lock, url_scheme
 
 ROLE_TAG = "harness.role"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+#: runs per page when searching a study's runs (MLflow's largest page)
+SEARCH_PAGE = 50000
 #: tracking stores MLflow can open (SQLAlchemy dialects take a ``+driver`` suffix)
 _TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 
@@ -69,13 +72,9 @@ def default_tracking_uri(flag: str | None = None, configured: str | None = None)
 
 
 def check_tracking_uri(uri: str) -> None:
-    """A missing local store is a mistake to report, not an empty database to create."""
-    path = local_path(uri)
-    if path is not None and not path.exists():
-        raise HarnessError(
-            f"no MLflow store at {path}; run a study first "
-            "(harness study run FILE) or pass --tracking-uri"
-        )
+    """A store to read from must be there: a missing one is a mistake to report, not an
+    empty database to create, and an unreachable server is said so in seconds."""
+    check_tracking_exists(uri)
 
 
 def _now_ms() -> int:
@@ -222,17 +221,27 @@ class Tracker:
         )
         self.client.set_terminated(run_id, status="KILLED", end_time=_now_ms())
 
-    def running_trial_runs(self, parent_id: str, number: int) -> list[str]:
-        """The RUNNING child runs of trial ``number``: found by tags, so that a run whose id
-        never reached Optuna (the process died right after creating it) is found too."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=(
-                f"tags.`mlflow.parentRunId` = '{parent_id}' "
-                f"and tags.`optuna.trial_number` = '{number}' and attributes.status = 'RUNNING'"
-            ),
-        )
-        return [r.info.run_id for r in runs]
+    def trial_runs(self, parent_id: str, number: int | None = None) -> list[Run]:
+        """The trial runs under ``parent_id`` (trial ``number``'s alone when given), in
+        every state and lifecycle stage. Found by tags, so that a run whose id never
+        reached Optuna (its process died right after creating it) is found too."""
+        filter_string = f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`{ROLE_TAG}` = 'trial'"
+        if number is not None:
+            filter_string += f" and tags.`optuna.trial_number` = '{number}'"
+        runs: list[Run] = []
+        token = None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=filter_string,
+                run_view_type=ViewType.ALL,
+                max_results=SEARCH_PAGE,
+                page_token=token,
+            )
+            runs += page
+            token = page.token
+            if not token:
+                return runs
 
     def find_children(self, parent_id: str, role: str, run_name: str) -> list[str]:
         """Finished child runs of ``parent_id`` with this role and name (a study's head
@@ -290,7 +299,10 @@ class RunReader:
         run_id = parse_run_ref(ref)
         try:
             return self.client.get_run(run_id)
-        except Exception:
+        except Exception as exc:
+            outage = store_outage(exc)
+            if outage is not None:
+                raise HarnessError(f"{outage}; start it again or fix --tracking-uri") from None
             raise HarnessError(
                 f"run {run_id!r} not found in tracking store {self.client.tracking_uri}; "
                 "list runs with `harness study best NAME` or pass --tracking-uri"

@@ -6,7 +6,9 @@ The Optuna objective is the validation AUC; the test split is only reported.
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from harness.models.base import EpochCallback, FitResult, Model
 from harness.models.catalog import PROBES
 from harness.models.probe import LinearProbe
 from harness.models.reader import ReaderModel
+from harness.preflight import store_outage
 from harness.run_metadata import (
     DESCRIPTION_TAG,
     dataset_input,
@@ -35,6 +38,8 @@ from harness.search import TrialSpec, make_sampler, suggest
 from harness.storage import WORKER_ATTR
 from harness.tracking import Tracker
 from harness.train import TrainSettings
+
+log = logging.getLogger("harness")
 
 #: features a trial may hold in memory (float32): a stack of all 72 MiniLM maps over
 #: absolute rows would take 6.8 GB, so such a draw fails at once with the reason
@@ -61,6 +66,8 @@ class StudyContext:
     worker: str
     #: the head sweep's maps, best validation AUC first (for ``heads: {top: k}``)
     ranking: list[Map] | None = None
+    #: set when a store stopped answering mid-trial: the study stops (``harness.study``)
+    outage: str | None = None
 
     def base_params(self) -> dict[str, str]:
         c = self.config
@@ -188,7 +195,12 @@ def run_trial(ctx: StudyContext, trial: optuna.Trial, spec: TrialSpec, run_id: s
 
 
 class Objective:
-    """Optuna's objective: one MLflow child run per trial, ended with the trial's state."""
+    """Optuna's objective: one MLflow child run per trial, ended with the trial's state.
+
+    Anything that raises once the trial exists (creating its run included) fails the
+    trial with its reason; ending the run is tried, but a tracking store that is gone must
+    not hide that reason (``harness.settle`` ends the run later). A store that stopped
+    answering also stops the study: the next trial would only fail the same way."""
 
     def __init__(self, ctx: StudyContext):
         self.ctx = ctx
@@ -201,25 +213,65 @@ class Objective:
         trial.study.sampler = make_sampler(ctx.config, trial.number)
         spec = suggest(trial, ctx.config.search, ctx.ranking)
         params = {**spec.params(), **ctx.base_params()}
-        run_id = ctx.tracker.start_trial(ctx.parent_run_id, ctx.config.name, trial.number, params)
-        trial.set_user_attr("mlflow_run_id", run_id)
+        run_id = None
         try:
+            run_id = ctx.tracker.start_trial(
+                ctx.parent_run_id, ctx.config.name, trial.number, params
+            )
+            trial.set_user_attr("mlflow_run_id", run_id)
             annotate(ctx, run_id)
             value = run_trial(ctx, trial, spec, run_id)
         except optuna.TrialPruned as exc:
             # MLflow has no PRUNED status: the name marks it in the runs table
-            ctx.tracker.rename(run_id, f"trial-{trial.number} (pruned)")
-            ctx.tracker.set_tags(run_id, {DESCRIPTION_TAG: f"{describe_model(params)} — {exc}"})
-            ctx.tracker.end(run_id, "PRUNED")
+            described = f"{describe_model(params)} — {exc}"
+            self._end(trial, run_id, "PRUNED", None, f"trial-{trial.number} (pruned)", described)
             raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            trial.set_user_attr("fail_reason", reason)
-            ctx.tracker.end(run_id, "FAIL", reason)
+            outage = store_outage(exc)
+            if outage is not None:
+                self._stop(trial, outage)
+            trial.set_user_attr("fail_reason", reason[:4000])
+            if outage is None:  # a gone store would only retry; the run is settled later
+                self._end(trial, run_id, "FAIL", reason)
             raise TrialFailed(reason) from exc
         except BaseException:
-            ctx.tracker.kill(run_id, "interrupted")
+            if run_id is not None:
+                with suppress(Exception):
+                    ctx.tracker.kill(run_id, "interrupted")
             raise
-        ctx.tracker.set_tags(run_id, {DESCRIPTION_TAG: describe_run(params, value)})
-        ctx.tracker.end(run_id, "COMPLETE")
+        self._end(trial, run_id, "COMPLETE", description=describe_run(params, value))
         return value
+
+    def _end(
+        self,
+        trial: optuna.Trial,
+        run_id: str | None,
+        state: str,
+        reason: str | None = None,
+        name: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        """End the run with the trial's state (renamed and described first, if given)."""
+        if run_id is None:
+            return
+        try:
+            if name is not None:
+                self.ctx.tracker.rename(run_id, name)
+            if description is not None:
+                self.ctx.tracker.set_tags(run_id, {DESCRIPTION_TAG: description})
+            self.ctx.tracker.end(run_id, state, reason)
+        except Exception as exc:  # noqa: BLE001 - the trial's own outcome stands
+            outage = store_outage(exc)
+            log.warning(
+                "trial %d: its run was not ended (%s); it is settled later",
+                trial.number,
+                outage or f"{type(exc).__name__}: {exc}",
+            )
+            if outage is not None:
+                self._stop(trial, outage)
+
+    def _stop(self, trial: optuna.Trial, outage: str) -> None:
+        if self.ctx.outage is None:
+            self.ctx.outage = f"{outage} during trial {trial.number}"
+        trial.study.stop()

@@ -5,9 +5,9 @@ Every process that runs a study, on any machine, logs under one MLflow parent ru
 one that created the Optuna study creates it, the others wait for it. Each process
 holds a lease (``harness.storage.WorkerLease``) for its whole life; the storage's
 heartbeat and those leases tell a dead worker's trials from slow ones, which
-``fail_dead_trials`` ends as FAIL (their MLflow runs KILLED). ``--workers N`` starts
-N - 1 helpers through this module's own entry point (``python -m harness.workers``),
-which runs the same study on the same stores.
+``fail_dead_trials`` ends as FAIL (``harness.settle`` marks their MLflow runs KILLED).
+``--workers N`` starts N - 1 helpers through this module's own entry point
+(``python -m harness.workers``), which runs the same study on the same stores.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from harness.attention import default_cache_dir
 from harness.config import StudyConfig
 from harness.errors import HarnessError
 from harness.run_metadata import DESCRIPTION_TAG, dataset_input, provenance_tags
-from harness.storage import StaleCallback, WorkerLease
+from harness.storage import WorkerLease
 from harness.tracking import Tracker, dumps
 
 if TYPE_CHECKING:
@@ -57,22 +57,6 @@ def fail_dead_trials(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-
-
-def stale_handler(tracker: Tracker) -> StaleCallback:
-    """Optuna calls this for each trial found dead (killed worker, lost machine): its
-    MLflow run must not stay RUNNING."""
-
-    def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        parent_id = study.user_attrs.get(PARENT_ATTR)
-        for run_id in tracker.running_trial_runs(parent_id, trial.number) if parent_id else []:
-            tracker.kill(run_id, "its worker process stopped (killed, or its machine was lost)")
-        log.warning(
-            "trial %d: its worker process stopped; marked FAIL, a new trial replaces it",
-            trial.number,
-        )
-
-    return on_stale
 
 
 def parent_run(
@@ -160,7 +144,10 @@ def start_workers(
 def main(argv: list[str] | None = None) -> int:
     """A helper process: run the study quietly; its parent prints the summary."""
     from harness.cli import EXIT_USER_ERROR, setup_logging
+    from harness.preflight import bound_mlflow_retries
     from harness.study import run_study
+
+    bound_mlflow_retries()
 
     parser = argparse.ArgumentParser(prog="python -m harness.workers")
     parser.add_argument("file")
