@@ -112,4 +112,8 @@ def inputs_from_dict(d: dict) -> InputSpec:
             d["encoder"]["fingerprint"],
             d["max_len"],
         )
+    if d.get("type") == "embedding":
+        from harness.embeddings import EmbeddingInputs
+
+        return EmbeddingInputs.from_dict(d)
     raise HarnessError(f"unknown inputs type {d.get('type')!r} in a model config")

@@ -103,12 +103,17 @@ def fit_and_log(
 
 
 def log_model_run(
-    ctx: StudyContext, model: Model, run_name: str, role: str, params: dict[str, str]
+    ctx: StudyContext,
+    model: Model,
+    run_name: str,
+    role: str,
+    params: dict[str, str],
+    tags: dict[str, str] | None = None,
 ) -> str:
     """Fit, evaluate and log ``model`` as a child run of the study's parent (a baseline
     beside the trials); returns the run id. The run ends FAILED if anything raises."""
     run_id = ctx.tracker.start_child(
-        ctx.parent_run_id, run_name, role, {**params, **ctx.base_params()}
+        ctx.parent_run_id, run_name, role, {**params, **ctx.base_params()}, tags
     )
     try:
         fit_and_log(ctx, model, ctx.inputs_for(model), run_id)
