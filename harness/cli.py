@@ -233,6 +233,29 @@ def cmd_study_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study_repeat(args: argparse.Namespace) -> int:
+    from harness.repeat import repeat_study
+
+    rows = repeat_study(
+        args.name,
+        top=args.top,
+        n_seeds=args.seeds,
+        storage=args.storage,
+        tracking_uri=args.tracking_uri,
+    )
+    head = f"{'trial':>5}  {'seeds':>5}  {'test_auc mean':>13}  {'SD over seeds':>13}  bootstrap CI"
+    print(f"study {args.name}: best {len(rows)} trials retrained with {args.seeds} seeds")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        auc = r["test_auc"]
+        print(
+            f"{r['trial']:>5}  {len(r['seeds']):>5}  {r['mean']:>13.4f}  {r['sd']:>13.4f}  "
+            f"{auc[0]:.3f} [{auc[1]:.3f}, {auc[2]:.3f}]"
+        )
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.compare import format_comparison
     from harness.paired import compare_logged
@@ -333,6 +356,21 @@ def _add_study_commands(sub: argparse._SubParsersAction) -> None:
     )
     report.add_argument("--tracking-uri", type=_url("tracking"), help="MLflow tracking URI")
     report.set_defaults(func=cmd_study_report, quiet=True)
+
+    repeat = study.add_parser(
+        "repeat", help="retrain the best trials with other training seeds (seed SD)"
+    )
+    repeat.add_argument("name")
+    repeat.add_argument("--top", type=_positive_int, default=3, help="best trials to repeat")
+    repeat.add_argument("--seeds", type=_positive_int, default=5, help="training seeds each")
+    repeat.add_argument(
+        "--storage",
+        type=_url("storage"),
+        help="Optuna storage URL (default: the study file's storage)",
+    )
+    repeat.add_argument("--tracking-uri", type=_url("tracking"), help="MLflow tracking URI")
+    repeat.add_argument("--quiet", action="store_true", help="no info logs")
+    repeat.set_defaults(func=cmd_study_repeat)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,8 +84,8 @@ def repeat_rows(children: list[Run]) -> list[dict]:
     for run in _by_role(children, "repeat"):
         tags = run.data.tags
         auc = run.data.metrics.get("test_auc")
-        if auc is not None and "optuna.trial_number" in tags and "harness.seed" in tags:
-            seeds = by_trial.setdefault(int(tags["optuna.trial_number"]), {})
+        if auc is not None and "harness.trial_number" in tags and "harness.seed" in tags:
+            seeds = by_trial.setdefault(int(tags["harness.trial_number"]), {})
             seeds.setdefault(int(tags["harness.seed"]), auc)
     rows = []
     for trial, seeds in sorted(by_trial.items()):
