@@ -17,6 +17,7 @@ from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
+from bench.baselines import row_baselines
 from bench.bootstrap import row_bootstrap
 from bench.common import ROOT, Context, Row, load_average, log
 from bench.extraction import row_cache_size, row_extraction
@@ -37,6 +38,7 @@ ROWS: dict[int, Callable[[Context], list[Row]]] = {
     7: row_pruning,
     8: row_parallel,
     9: row_views,
+    10: row_baselines,
 }
 
 

@@ -2,15 +2,17 @@
 
 The embedding baseline asks whether attention maps add anything to what the encoder
 already says about a sentence. Its inputs cost one forward pass over the data set, so
-they are cached like the attention maps: one safetensors file per encoder × texts ×
-``max_len`` under ``CACHE_DIR/embeddings/``, written to a temporary name and renamed into
-place under a file lock (a reader never sees half a file; two processes never compute
-the same entry twice). A file that does not load is rebuilt.
+they are cached with the attention maps: one safetensors file inside the attention cache
+entry of the same encoder × texts × ``max_len``. Attention extraction runs the same
+forward pass, so it pools the embeddings on its way and writes them into the entry
+before the entry is renamed into place: a study whose attention was just extracted fits
+the embedding baseline without running the encoder again. An entry made before this
+file existed gets it on first use, written to a temporary name and renamed under a file
+lock (a reader never sees half a file); a file that does not load is rebuilt.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -28,23 +30,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("harness")
 
-EMBEDDING_FORMAT = 1
+#: beside the layer files of an attention cache entry (whose key already names the
+#: encoder's fingerprint, the texts and ``max_len``), outside its checksummed files
+EMBEDDINGS_FILE = "embeddings.safetensors"
 BATCH_SIZE = 64
 
 
-def embedding_key(fingerprint: str, texts: list[str], max_len: int) -> str:
-    """Everything that changes the embeddings: encoder files, ``max_len``, the texts."""
-    from harness.attention import texts_sha256
-
-    parts = [f"emb-v{EMBEDDING_FORMAT}", fingerprint, str(max_len), texts_sha256(texts)]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+def mean_pool(hidden, mask) -> np.ndarray:
+    """``[B, hidden]`` float32 means of ``hidden`` ``[B, T, hidden]`` over the positions
+    where ``mask`` ``[B, T]`` is 1: a sentence's real tokens, [CLS] and [SEP] included."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return ((hidden * weights).sum(1) / weights.sum(1)).float().cpu().numpy()
 
 
 def mean_pooled(
     encoder: Encoder, texts: list[str], max_len: int, batch_size: int = BATCH_SIZE
 ) -> np.ndarray:
-    """``[N, hidden]`` float32: the mean of each sentence's last hidden states over its
-    real tokens ([CLS] and [SEP] included, padding excluded), in the texts' order."""
+    """``[N, hidden]`` float32 mean-pooled last hidden states, in the texts' order."""
     import torch
 
     from harness.attention import length_sorted_batches
@@ -54,41 +56,37 @@ def mean_pooled(
     with torch.inference_mode(), num_threads(extraction_threads()):
         for idx, _, inputs in length_sorted_batches(encoder, texts, max_len, batch_size):
             hidden = encoder.model(**inputs).last_hidden_state
-            mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            out[idx] = ((hidden * mask).sum(1) / mask.sum(1)).float().cpu().numpy()
+            out[idx] = mean_pool(hidden, inputs["attention_mask"])
     return out
 
 
-def cached_embeddings(
-    encoder: Encoder, texts: list[str], max_len: int, cache_root: Path
-) -> np.ndarray:
-    """``mean_pooled`` through the on-disk cache under ``cache_root/embeddings``."""
-    folder = Path(cache_root) / "embeddings"
-    folder.mkdir(parents=True, exist_ok=True)
-    key = embedding_key(encoder.fingerprint, texts, max_len)
-    final = folder / f"{key}.safetensors"
-    with waiting_lock(folder / f"{key}.lock", "the embedding cache entry", "cache_dir"):
-        if final.exists():
+def write_embeddings(path: Path, encoder: Encoder, max_len: int, emb: np.ndarray) -> None:
+    """Write ``emb`` to ``path`` atomically (a temporary name, then a rename)."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    meta = {"encoder": encoder.name, "fingerprint": encoder.fingerprint, "max_len": str(max_len)}
+    try:
+        safetensors.numpy.save_file({"embeddings": emb}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def cached_embeddings(encoder: Encoder, texts: list[str], max_len: int, entry: Path) -> np.ndarray:
+    """The embeddings of the texts of attention cache ``entry`` (same encoder, texts and
+    ``max_len``), computed and stored there if it has none."""
+    path = Path(entry) / EMBEDDINGS_FILE
+    with waiting_lock(path.with_suffix(".lock"), "the embedding cache", "cache_dir"):
+        if path.exists():
             try:
-                emb = safetensors.numpy.load_file(str(final))["embeddings"]
+                emb = safetensors.numpy.load_file(str(path))["embeddings"]
                 if emb.shape[0] == len(texts):
-                    log.info("reusing cached embeddings %s: encoder not run", final)
+                    log.info("reusing cached embeddings %s: encoder not run", path)
                     return emb
             except Exception as exc:  # a damaged file of any kind is rebuilt, not read
-                log.warning("embedding cache %s is unreadable (%s); rebuilding it", final, exc)
+                log.warning("embedding cache %s is unreadable (%s); rebuilding it", path, exc)
         log.info("computing mean-pooled embeddings of %d sentences", len(texts))
         emb = mean_pooled(encoder, texts, max_len)
-        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-        meta = {
-            "encoder": encoder.name,
-            "fingerprint": encoder.fingerprint,
-            "max_len": str(max_len),
-        }
-        try:
-            safetensors.numpy.save_file({"embeddings": emb}, str(tmp), metadata=meta)
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_embeddings(path, encoder, max_len, emb)
         return emb
 
 
@@ -120,7 +118,7 @@ class EmbeddingInputs:
         attention cache; new sentences are embedded directly and not cached."""
         encoder = self._encoder(device)
         if cache is not None:
-            return cached_embeddings(encoder, texts, self.max_len, cache.path.parent)
+            return cached_embeddings(encoder, texts, self.max_len, cache.path)
         return mean_pooled(encoder, texts, self.max_len)
 
     def _encoder(self, device: str) -> Encoder:

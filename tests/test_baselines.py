@@ -224,16 +224,18 @@ def test_study_best_shows_baselines_without_importing_torch(study):
     assert "baseline   val_auc" in out and "embedding" in out and "best trial" in out
 
 
-def test_embeddings_are_cached_and_reused(study, tiny_bert):
-    from harness.embeddings import cached_embeddings
+def test_embeddings_are_pooled_during_extraction_and_reused(study, tiny_bert):
+    """Extraction stored the mean-pooled embeddings in the attention entry; they equal a
+    separate forward pass, and the baseline reads them instead of running the encoder."""
+    from harness.embeddings import EMBEDDINGS_FILE, cached_embeddings, mean_pooled
     from harness.encoder import load_encoder
 
     tmp, _, data, _ = study
-    files = list((tmp / "cache" / "embeddings").glob("*.safetensors"))
+    files = list((tmp / "cache").glob(f"*/{EMBEDDINGS_FILE}"))
     assert len(files) == 1
     texts = [row["text"] for row in csv.DictReader(open(data))]
     encoder = load_encoder(str(tiny_bert))
     before = files[0].stat().st_mtime_ns
-    emb = cached_embeddings(encoder, texts, 32, tmp / "cache")
-    assert emb.shape == (len(texts), 32) and files[0].stat().st_mtime_ns == before
-    assert list((tmp / "cache" / "embeddings").glob("*.safetensors")) == files
+    emb = cached_embeddings(encoder, texts, 32, files[0].parent)
+    assert files[0].stat().st_mtime_ns == before
+    np.testing.assert_allclose(emb, mean_pooled(encoder, texts, 32, batch_size=7), atol=1e-5)
