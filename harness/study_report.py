@@ -16,25 +16,19 @@ import statistics
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
 from mlflow.entities import Run
 
-from harness.figures import (
-    Figure,
-    ScoredRun,
-    forest_plot,
-    head_heatmap,
-    optimization_history,
-    param_importances,
-    validation_curves,
-    write_report_md,
-)
 from harness.metrics import PairedResult
 from harness.paired import artifact_text, best_vs_baselines_logged, study_bootstrap
 from harness.report import trial_rows
 from harness.tracking import ROLE_TAG, RunReader
+
+if TYPE_CHECKING:
+    from harness.figures import ScoredRun
 
 log = logging.getLogger("harness")
 
@@ -133,6 +127,8 @@ def head_scores(reader: RunReader, children: list[Run]) -> np.ndarray | None:
 
 
 def _scored_runs(trials: list[dict], baselines: list[dict]) -> list[ScoredRun]:
+    from harness.figures import ScoredRun
+
     runs = []
     for r in trials:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
@@ -218,7 +214,18 @@ def build_report(
     paired: Mapping[str, PairedResult] | None = None,
 ) -> list[Path]:
     """Write report.md and the figures into ``out``; the files written. ``paired`` (best
-    trial − each baseline) is recomputed from the logged predictions when not given."""
+    trial − each baseline) is recomputed from the logged predictions when not given.
+    matplotlib is imported here, not with the module: reading a study's runs
+    (``study best``) and a study that fails early never load it."""
+    from harness.figures import (
+        forest_plot,
+        head_heatmap,
+        optimization_history,
+        param_importances,
+        validation_curves,
+        write_report_md,
+    )
+
     parent, children = reader.study_runs(study.study_name)
     if parent is None:
         raise ValueError(f"study {study.study_name!r} has no parent run")
@@ -230,7 +237,7 @@ def build_report(
     boot = study_bootstrap(reader, parent)
     runs = _scored_runs(trials, baselines)
     out.mkdir(parents=True, exist_ok=True)
-    figures: list[Figure] = [
+    figures = [
         forest_plot(runs, out / "forest.png", confidence=boot.confidence),
         optimization_history(study, out / "history.png"),
         param_importances(study, out / "importances.png"),
