@@ -17,6 +17,7 @@ from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
+from bench.baselines import row_baselines
 from bench.bootstrap import row_bootstrap
 from bench.common import ROOT, Context, Row, load_average, log
 from bench.extraction import row_cache_size, row_extraction
@@ -43,6 +44,7 @@ ROWS: dict[int, Callable[[Context], list[Row]]] = {
     10: row_finetune,
     11: row_sweep,
     12: row_prediction,
+    13: row_baselines,
 }
 
 

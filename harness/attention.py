@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from harness.embeddings import EMBEDDINGS_FILE, mean_pool, write_embeddings
 from harness.encoder import Encoder, load_encoder
 from harness.errors import HarnessError
 from harness.features import FeatureSpec, is_pairs, parse_heads, reduce_maps
@@ -101,8 +102,11 @@ def iter_attention(
     max_len: int = 80,
     batch_size: int = 64,
     progress: bool = False,
+    pooled: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield ``(indices, lengths, maps)`` per batch in order of decreasing length.
+    """Yield ``(indices, lengths, maps)`` per batch in order of decreasing length; with
+    ``pooled`` (``[N, hidden]``), also fill it with the sentences' mean-pooled last hidden
+    states from the same forward pass (the embedding baseline's inputs, for free).
 
     ``maps`` is fp16 ``[L, B, H, T, T]`` with ``T`` the batch's longest sentence; rows and
     columns of sentence ``b`` past ``lengths[b]`` are padding and must be ignored.
@@ -116,7 +120,11 @@ def iter_attention(
     bar = tqdm(total=len(texts), desc="extracting attention", unit="sent", disable=not progress)
     with torch.inference_mode(), num_threads(extraction_threads()):
         for idx, lens, inputs in length_sorted_batches(encoder, texts, max_len, batch_size):
-            attentions = model(**inputs, output_attentions=True).attentions
+            out = model(**inputs, output_attentions=True)
+            attentions = out.attentions
+            if pooled is not None:
+                pooled[idx] = mean_pool(out.last_hidden_state, inputs["attention_mask"])
+            del out
             maps = torch.empty((len(attentions), *attentions[0].shape), dtype=torch.float16)
             for layer, a in enumerate(attentions):
                 maps[layer].copy_(a)
@@ -388,9 +396,11 @@ def _write_entry(
         files = [open(tmp / f"layer_{layer:02d}.bin", "wb") for layer in range(n_layers)]
         crcs, sizes = [0] * n_layers, [0] * n_layers
         lengths = np.zeros(len(texts), dtype=np.int64)
+        pooled = np.zeros((len(texts), encoder.config.hidden_size), np.float32)
         order: list[int] = []
         try:
-            for idx, lens, maps in iter_attention(encoder, texts, max_len, batch_size, progress):
+            batches = iter_attention(encoder, texts, max_len, batch_size, progress, pooled)
+            for idx, lens, maps in batches:
                 lengths[idx] = lens
                 order.extend(idx.tolist())
                 # one contiguous [k, H, n, n] block per run of equal lengths and layer
@@ -419,6 +429,7 @@ def _write_entry(
                 for layer in range(n_layers)
             },
         }
+        write_embeddings(tmp / EMBEDDINGS_FILE, encoder, max_len, pooled)
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.replace(tmp, final)
     except BaseException:

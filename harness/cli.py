@@ -1,4 +1,5 @@
-"""``harness`` command line: study run / best, predict, ui, dashboard, data fetch.
+"""``harness`` command line: study run / best / report / repeat, heads, compare, predict, ui,
+dashboard, data fetch.
 
 User mistakes (``HarnessError`` and argparse errors alike) print one line,
 ``harness: error: …``, and exit with status 2, no traceback; anything else is a bug and
@@ -132,6 +133,7 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     )
     print(f"\nstudy {summary.name}: {describe_finished(summary.n_finished, summary.n_pruned)}")
     print(format_table(summary.rows))
+    _print_conclusion(summary)
     if summary.best_trial is not None:
         best = summary.rows[0]
         auc = best["test_auc"]
@@ -166,27 +168,127 @@ def cmd_heads(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_study_best(args: argparse.Namespace) -> int:
+def _print_conclusion(summary) -> None:
+    """Baselines and paired differences under the trials table (``harness.conclude``)."""
+    from harness.report import format_baselines, format_paired
+
+    ending = summary.conclusion
+    if ending is None:
+        return
+    if ending.baselines:
+        print()
+        print(format_baselines(ending.baselines))
+    if ending.paired and summary.rows:
+        paired = {
+            name: [r.diff, r.ci_low, r.ci_high, r.p_value] for name, r in ending.paired.items()
+        }
+        print()
+        print(format_paired(paired, summary.rows[0]["trial"]))
+    if ending.report:
+        print(
+            f"\nreport: {len(ending.report)} files under report/ of parent run "
+            f"{summary.parent_run_id}"
+        )
+
+
+def _load_study(name: str, storage: str | None):
+    """An Optuna study by name, or a one-line error listing the studies there."""
     import optuna
 
     from harness.preflight import storage_exists
-    from harness.report import describe_finished, format_table, n_finished, n_pruned, trial_rows
     from harness.storage import DEFAULT_STORAGE, make_storage
 
-    url = args.storage or DEFAULT_STORAGE
+    url = storage or DEFAULT_STORAGE
     _require_store(url, "--storage", "Optuna storage")
     if not storage_exists(url):  # a database without Optuna's tables: none are made
-        raise HarnessError(f"no study named {args.name!r} in {url}; studies there: (none)")
-    storage = make_storage(url)
+        raise HarnessError(f"no study named {name!r} in {url}; studies there: (none)")
+    storage_obj = make_storage(url)
     try:
-        study = optuna.load_study(study_name=args.name, storage=storage)
+        return optuna.load_study(study_name=name, storage=storage_obj)
     except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage_obj)]
         raise HarnessError(
-            f"no study named {args.name!r} in {url}; studies there: {', '.join(names) or '(none)'}"
+            f"no study named {name!r} in {url}; studies there: {', '.join(names) or '(none)'}"
         ) from None
+
+
+def _print_baselines(name: str, tracking_uri: str | None) -> None:
+    """The study's baselines and paired differences, read from MLflow (no torch)."""
+    from harness.report import format_baselines, format_paired
+    from harness.study_report import baseline_rows, paired_from_parent
+    from harness.tracking import RunReader
+
+    try:
+        parent, children = RunReader(tracking_uri).study_runs(name)
+    except HarnessError as exc:
+        print(f"\nbaselines: not shown ({exc})")
+        return
+    if parent is None:
+        return
+    print()
+    print(format_baselines(baseline_rows(children)))
+    paired = paired_from_parent(parent)
+    if paired:
+        print()
+        print(format_paired(paired, parent.data.tags.get("best_trial_number", "?")))
+
+
+def cmd_study_best(args: argparse.Namespace) -> int:
+    from harness.report import describe_finished, format_table, n_finished, n_pruned, trial_rows
+
+    study = _load_study(args.name, args.storage)
     print(f"study {args.name}: {describe_finished(n_finished(study), n_pruned(study))}")
     print(format_table(trial_rows(study, top=args.top)))
+    _print_baselines(args.name, args.tracking_uri)
+    return 0
+
+
+def cmd_study_report(args: argparse.Namespace) -> int:
+    from harness.study_report import log_report
+    from harness.tracking import RunReader
+
+    study = _load_study(args.name, args.storage)
+    reader = RunReader(args.tracking_uri)
+    paths = log_report(study, reader)
+    parent, _ = reader.study_runs(args.name)
+    print(f"report of study {args.name}, logged to parent run {parent.info.run_id}:")
+    for path in paths:
+        print(f"  {path}")
+    return 0
+
+
+def cmd_study_repeat(args: argparse.Namespace) -> int:
+    from harness.repeat import repeat_study
+
+    rows = repeat_study(
+        args.name,
+        top=args.top,
+        n_seeds=args.seeds,
+        storage=args.storage,
+        tracking_uri=args.tracking_uri,
+    )
+    head = f"{'trial':>5}  {'seeds':>5}  {'test_auc mean':>13}  {'SD over seeds':>13}  bootstrap CI"
+    print(f"study {args.name}: best {len(rows)} trials retrained with {args.seeds} seeds")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        auc = r["test_auc"]
+        print(
+            f"{r['trial']:>5}  {len(r['seeds']):>5}  {r['mean']:>13.4f}  {r['sd']:>13.4f}  "
+            f"{auc[0]:.3f} [{auc[1]:.3f}, {auc[2]:.3f}]"
+        )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import format_comparison
+    from harness.paired import compare_logged
+    from harness.tracking import RunReader
+
+    result, name_a, name_b = compare_logged(
+        RunReader(args.tracking_uri), args.run_a, args.run_b, args.metric
+    )
+    print(format_comparison(result, name_a, name_b))
     return 0
 
 
@@ -431,7 +533,35 @@ def _add_study_commands(sub: argparse._SubParsersAction) -> None:
         help="Optuna storage URL (default: sqlite:///mlruns/optuna.db)",
     )
     best.add_argument("--top", type=_positive_int, default=10)
+    best.add_argument("--tracking-uri", type=_url("tracking"), help="MLflow tracking URI")
     best.set_defaults(func=cmd_study_best, quiet=True)
+
+    report = study.add_parser(
+        "report", help="write the study's report (report.md + figures) to its parent run"
+    )
+    report.add_argument("name")
+    report.add_argument(
+        "--storage",
+        type=_url("storage"),
+        help="Optuna storage URL (default: sqlite:///mlruns/optuna.db)",
+    )
+    report.add_argument("--tracking-uri", type=_url("tracking"), help="MLflow tracking URI")
+    report.set_defaults(func=cmd_study_report, quiet=True)
+
+    repeat = study.add_parser(
+        "repeat", help="retrain the best trials with other training seeds (seed SD)"
+    )
+    repeat.add_argument("name")
+    repeat.add_argument("--top", type=_positive_int, default=3, help="best trials to repeat")
+    repeat.add_argument("--seeds", type=_positive_int, default=5, help="training seeds each")
+    repeat.add_argument(
+        "--storage",
+        type=_url("storage"),
+        help="Optuna storage URL (default: the study file's storage)",
+    )
+    repeat.add_argument("--tracking-uri", type=_url("tracking"), help="MLflow tracking URI")
+    repeat.add_argument("--quiet", action="store_true", help="no info logs")
+    repeat.set_defaults(func=cmd_study_repeat)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -461,6 +591,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="CSV written with --input: row_id,probability,text")
     predict.add_argument("--tracking-uri", type=_url("tracking"))
     predict.set_defaults(func=cmd_predict, quiet=True)
+
+    compare = sub.add_parser(
+        "compare", help="paired bootstrap of two logged runs on the same test rows (A − B)"
+    )
+    compare.add_argument("run_a", help="run id of A (a trial, baseline or repeat)")
+    compare.add_argument("run_b", help="run id of B")
+    compare.add_argument("--metric", choices=("auc", "accuracy", "f1"), default="auc")
+    compare.add_argument("--tracking-uri", type=_url("tracking"))
+    compare.set_defaults(func=cmd_compare, quiet=True)
 
     ui = sub.add_parser("ui", help="MLflow UI over the project's store (127.0.0.1)")
     ui.add_argument("--host", default="127.0.0.1")

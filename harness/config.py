@@ -21,11 +21,14 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 from harness.errors import HarnessError
 from harness.space import SearchConfig, Strict
 from harness.storage import DEFAULT_STORAGE, validate_storage_url
-from harness.studyfile import dotted, parse, place, read_text
+from harness.studyfile import StudyKeyError, did_you_mean, dotted, parse, place, read_text
 from harness.tracking import validate_tracking_uri
 
 if TYPE_CHECKING:
     from harness.encoder import Encoder
+
+#: the baselines a study fits beside its trials, in the order they run and are shown
+BASELINES: tuple[str, ...] = ("majority", "length", "tfidf", "embedding")
 
 #: a study name becomes an MLflow experiment and folder names, so it stays path-safe
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -152,6 +155,8 @@ class StudyConfig(Strict):
     #: register each new best trial as model version ``name`` with alias ``champion``
     register: bool = True
     search: SearchConfig
+    #: fitted once per study on its split and logged beside the trials (``[]``: none)
+    baselines: list[str] = Field(default_factory=lambda: list(BASELINES))
 
     #: where the config came from and its YAML tree, so later checks can cite lines
     _source: str = PrivateAttr(default="<config>")
@@ -169,6 +174,20 @@ class StudyConfig(Strict):
                 "letter or digit"
             )
         return name
+
+    @field_validator("baselines")
+    @classmethod
+    def _known_baselines(cls, names: list[str]) -> list[str]:
+        for i, name in enumerate(names):
+            if name not in BASELINES:
+                raise StudyKeyError(
+                    ("baselines", i),
+                    f"unknown baseline {name!r}{did_you_mean(name, BASELINES)}; choose among "
+                    f"{', '.join(BASELINES)}, or write baselines: [] for none",
+                )
+            if name in names[:i]:
+                raise StudyKeyError(("baselines", i), f"{name!r} is listed twice; list it once")
+        return names
 
     @field_validator("storage")
     @classmethod

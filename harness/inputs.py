@@ -158,4 +158,8 @@ def inputs_from_dict(d: dict) -> InputSpec:
             d["num_heads"],
             d.get("pooled", False),
         )
+    if d.get("type") == "embedding":
+        from harness.embeddings import EmbeddingInputs
+
+        return EmbeddingInputs.from_dict(d)
     raise HarnessError(f"unknown inputs type {d.get('type')!r} in a model config")

@@ -73,3 +73,39 @@ def format_table(rows: list[dict]) -> str:
             f"{cells[2]:<24}  {params}"
         )
     return "\n".join(lines)
+
+
+def _ci(v: list[float]) -> str:
+    return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+
+
+def format_baselines(rows: list[dict]) -> str:
+    """The baselines block under the trials: same columns, named instead of numbered."""
+    if not rows:
+        return "(no baselines logged; the study file's baselines: key lists them)"
+    width = max(8, *(len(r["baseline"]) for r in rows))
+    head = (
+        f"{'baseline':<{width}}  {'val_auc':>7}  {'test_auc [95% CI]':<24}  {'test_acc [CI]':<24}  "
+        f"{'test_f1 [CI]':<24}  run"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        cells = [_ci(r[k]) for k in ("test_auc", "test_accuracy", "test_f1")]
+        lines.append(
+            f"{r['baseline']:<{width}}  {r['val_auc']:>7.4f}  {cells[0]:<24}  {cells[1]:<24}  "
+            f"{cells[2]:<24}  {r['run_id']}"
+        )
+    return "\n".join(lines)
+
+
+def format_paired(paired: dict[str, list[float]], best_trial: int | str) -> str:
+    """Best trial − each baseline: ``{baseline: [diff, ci_low, ci_high, p]}``."""
+    if not paired:
+        return ""
+    width = max(8, *(len(name) for name in paired))
+    head = f"{'baseline':<{width}}  {'diff':>7}  {'95% CI':<18}  p (two-sided)"
+    lines = [f"test AUC, best trial {best_trial} − baseline (paired bootstrap)", head]
+    lines.append("-" * len(head))
+    for name, (diff, low, high, p) in paired.items():
+        lines.append(f"{name:<{width}}  {diff:>+7.3f}  [{low:+.3f}, {high:+.3f}]  {p:.3g}")
+    return "\n".join(lines)

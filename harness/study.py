@@ -25,6 +25,7 @@ import torch
 
 from harness.attention import AttentionCache, default_cache_dir, extract_attention
 from harness.callbacks import ProgressLine, SkipSurplus, StopAtTarget, StopOnFailures, UpdateParent
+from harness.conclude import Conclusion, conclude
 from harness.config import StudyConfig, check_encoder, load_study_file
 from harness.data import Dataset, Split, load_dataset, make_split
 from harness.encoder import Encoder, load_encoder
@@ -90,6 +91,8 @@ class StudySummary:
     parent_run_id: str
     tracking_uri: str
     rows: list[dict]
+    #: baselines, paired differences and report of the study's end (``harness.conclude``)
+    conclusion: Conclusion | None = None
 
 
 def _read(study_file: str | Path | StudyConfig, workers: int) -> tuple[StudyConfig, str, str]:
@@ -388,8 +391,11 @@ def run_study(
     tracking_uri: str | None = None,
     workers: int = 1,
     progress: bool = True,
+    finish: bool = True,
 ) -> StudySummary:
-    """Run (or continue) a study until it has ``n_trials`` finished trials.
+    """Run (or continue) a study until it has ``n_trials`` finished trials; then (unless
+    ``finish`` is False, as in ``--workers`` helpers) fit its baselines, log the best
+    trial's paired differences and the report (``harness.conclude``).
 
     With ``workers > 1`` this process prepares the study (cache, Optuna study, parent
     run), then starts ``workers - 1`` more processes on the same storage and works too.
@@ -407,7 +413,10 @@ def run_study(
     )
     with open_stores(p) as session:
         run_trials(p, session)
-    return summarize(session.study, p, session.ctx.parent_run_id)
+        ending = conclude(session) if finish else None
+    summary = summarize(session.study, p, session.ctx.parent_run_id)
+    summary.conclusion = ending
+    return summary
 
 
 def run_head_sweep(

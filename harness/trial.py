@@ -134,12 +134,17 @@ def annotate(ctx: StudyContext, run_id: str) -> None:
 
 
 def log_model_run(
-    ctx: StudyContext, model: Model, run_name: str, role: str, params: dict[str, str]
+    ctx: StudyContext,
+    model: Model,
+    run_name: str,
+    role: str,
+    params: dict[str, str],
+    tags: dict[str, str] | None = None,
 ) -> str:
     """Fit, evaluate and log ``model`` as a child run of the study's parent (a baseline
     beside the trials); returns the run id. The run ends FAILED if anything raises."""
     params = {**params, **ctx.base_params()}
-    run_id = ctx.tracker.start_child(ctx.parent_run_id, run_name, role, params)
+    run_id = ctx.tracker.start_child(ctx.parent_run_id, run_name, role, params, tags)
     try:
         annotate(ctx, run_id)
         result, _ = fit_and_log(ctx, model, ctx.inputs_for(model), run_id)

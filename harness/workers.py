@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             storage=args.storage,
             tracking_uri=args.tracking_uri,
             progress=False,
+            finish=False,  # the process that started the helpers fits baselines and reports
         )
     except HarnessError as exc:
         print(f"harness: error: {exc}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """Everything a study can fit, behind one protocol (``base.Model``): attention readers
-(``reader``) and a text baseline (``length``). Kinds load lazily (``base.KINDS``)."""
+(``reader``) and the baselines (``majority``, ``length``, ``tfidf``, ``embedding``).
+Kinds load lazily (``base.KINDS``)."""
 
 from harness.models.base import FitResult, Model, load_model
 

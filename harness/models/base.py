@@ -35,6 +35,9 @@ KINDS: dict[str, str] = {
     "reader": "harness.models.reader:ReaderModel",
     "length": "harness.models.length:LengthModel",
     "linear": "harness.models.probe:LinearProbe",
+    "majority": "harness.models.text:MajorityModel",
+    "tfidf": "harness.models.text:TfidfModel",
+    "embedding": "harness.models.embedding:EmbeddingModel",
 }
 
 #: ``on_epoch(epoch, train_loss, val_auc)``; it may raise (Optuna's ``TrialPruned``)

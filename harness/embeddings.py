@@ -1,0 +1,136 @@
+"""The encoder's own sentence embedding (mean-pooled last hidden state), cached on disk.
+
+The embedding baseline asks whether attention maps add anything to what the encoder
+already says about a sentence. Its inputs cost one forward pass over the data set, so
+they are cached with the attention maps: one safetensors file inside the attention cache
+entry of the same encoder × texts × ``max_len``. Attention extraction runs the same
+forward pass, so it pools the embeddings on its way and writes them into the entry
+before the entry is renamed into place: a study whose attention was just extracted fits
+the embedding baseline without running the encoder again. An entry made before this
+file existed gets it on first use, written to a temporary name and renamed under a file
+lock (a reader never sees half a file); a file that does not load is rebuilt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import safetensors.numpy
+
+from harness.locks import waiting_lock
+
+if TYPE_CHECKING:
+    from harness.attention import AttentionCache
+    from harness.encoder import Encoder
+
+log = logging.getLogger("harness")
+
+#: beside the layer files of an attention cache entry (whose key already names the
+#: encoder's fingerprint, the texts and ``max_len``), outside its checksummed files
+EMBEDDINGS_FILE = "embeddings.safetensors"
+BATCH_SIZE = 64
+
+
+def mean_pool(hidden, mask) -> np.ndarray:
+    """``[B, hidden]`` float32 means of ``hidden`` ``[B, T, hidden]`` over the positions
+    where ``mask`` ``[B, T]`` is 1: a sentence's real tokens, [CLS] and [SEP] included."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return ((hidden * weights).sum(1) / weights.sum(1)).float().cpu().numpy()
+
+
+def mean_pooled(
+    encoder: Encoder, texts: list[str], max_len: int, batch_size: int = BATCH_SIZE
+) -> np.ndarray:
+    """``[N, hidden]`` float32 mean-pooled last hidden states, in the texts' order."""
+    import torch
+
+    from harness.attention import length_sorted_batches
+    from harness.threads import extraction_threads, num_threads
+
+    out = np.zeros((len(texts), encoder.config.hidden_size), np.float32)
+    with torch.inference_mode(), num_threads(extraction_threads()):
+        for idx, _, inputs in length_sorted_batches(encoder, texts, max_len, batch_size):
+            hidden = encoder.model(**inputs).last_hidden_state
+            out[idx] = mean_pool(hidden, inputs["attention_mask"])
+    return out
+
+
+def write_embeddings(path: Path, encoder: Encoder, max_len: int, emb: np.ndarray) -> None:
+    """Write ``emb`` to ``path`` atomically (a temporary name, then a rename)."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    meta = {"encoder": encoder.name, "fingerprint": encoder.fingerprint, "max_len": str(max_len)}
+    try:
+        safetensors.numpy.save_file({"embeddings": emb}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def cached_embeddings(encoder: Encoder, texts: list[str], max_len: int, entry: Path) -> np.ndarray:
+    """The embeddings of the texts of attention cache ``entry`` (same encoder, texts and
+    ``max_len``), computed and stored there if it has none."""
+    path = Path(entry) / EMBEDDINGS_FILE
+    with waiting_lock(path.with_suffix(".lock"), "the embedding cache", "cache_dir"):
+        if path.exists():
+            try:
+                emb = safetensors.numpy.load_file(str(path))["embeddings"]
+                if emb.shape[0] == len(texts):
+                    log.info("reusing cached embeddings %s: encoder not run", path)
+                    return emb
+            except Exception as exc:  # a damaged file of any kind is rebuilt, not read
+                log.warning("embedding cache %s is unreadable (%s); rebuilding it", path, exc)
+        log.info("computing mean-pooled embeddings of %d sentences", len(texts))
+        emb = mean_pooled(encoder, texts, max_len)
+        write_embeddings(path, encoder, max_len, emb)
+        return emb
+
+
+@dataclass(frozen=True)
+class EmbeddingInputs:
+    """Mean-pooled last hidden states ``[N, hidden]`` of one encoder: from the cache beside
+    a study's attention cache, or by running the encoder on new sentences."""
+
+    encoder: str
+    fingerprint: str
+    max_len: int
+    _encoders: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "type": "embedding",
+            "encoder": {"name": self.encoder, "fingerprint": self.fingerprint},
+            "max_len": self.max_len,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EmbeddingInputs:
+        return cls(d["encoder"]["name"], d["encoder"]["fingerprint"], d["max_len"])
+
+    def build(
+        self, texts: list[str], cache: AttentionCache | None = None, device: str = "cpu"
+    ) -> np.ndarray:
+        """A study's texts (``cache`` given) go through the embedding cache next to the
+        attention cache; new sentences are embedded directly and not cached."""
+        encoder = self._encoder(device)
+        if cache is not None:
+            return cached_embeddings(encoder, texts, self.max_len, cache.path)
+        return mean_pooled(encoder, texts, self.max_len)
+
+    def _encoder(self, device: str) -> Encoder:
+        if device not in self._encoders:
+            from harness.encoder import load_encoder
+
+            encoder = load_encoder(self.encoder, device=device)
+            if encoder.fingerprint != self.fingerprint:
+                log.warning(
+                    "encoder %r differs from the one the model was trained with "
+                    "(fingerprint mismatch)",
+                    encoder.name,
+                )
+            self._encoders[device] = encoder
+        return self._encoders[device]
