@@ -27,7 +27,7 @@ from harness.storage import local_path, make_storage
 from harness.study import StudySession, open_stores, prepare
 from harness.study_report import log_report, repeat_rows
 from harness.tracking import ROLE_TAG, RunReader, Tracker
-from harness.trial import StudyContext, fit_and_log, reader_for
+from harness.trial import StudyContext, fit_and_log, model_for
 
 log = logging.getLogger("harness")
 
@@ -67,8 +67,8 @@ def repeat_trial(ctx: StudyContext, trial: optuna.trial.FrozenTrial, seed: int) 
     """Retrain ``trial``'s configuration with training seed ``seed``; the run id."""
     train = ctx.config.train.model_copy(update={"seed": seed})
     seeded = dataclasses.replace(ctx, config=ctx.config.model_copy(update={"train": train}))
-    spec = suggest(optuna.trial.FixedTrial(trial.params), seeded.config.search)
-    model = reader_for(seeded, spec)
+    spec = suggest(optuna.trial.FixedTrial(trial.params), seeded.config.search, seeded.ranking)
+    model = model_for(seeded, spec)
     tags = {TRIAL_TAG: str(trial.number), SEED_TAG: str(seed)}
     run_id = ctx.tracker.start_child(
         ctx.parent_run_id,
