@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.intermediary import fetch_model_encoders
 from harness.models.base import Model, load_model, read_config
 from harness.tracking import RunReader, check_tracking_uri, default_tracking_uri
 
@@ -50,5 +51,6 @@ def load_run(run_id: str, tracking_uri: str | None = None, device: str = "cpu") 
     with tempfile.TemporaryDirectory() as tmp:
         local = reader.download_model(run_id, Path(tmp))
         config = read_config(local)
+        fetch_model_encoders(config, reader.client)  # a fine-tuned encoder, from its run
         model = load_model(local, config)
     return LoadedRun(run_id, config, model, device)

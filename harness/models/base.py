@@ -35,6 +35,7 @@ KINDS: dict[str, str] = {
     "reader": "harness.models.reader:ReaderModel",
     "length": "harness.models.length:LengthModel",
     "linear": "harness.models.probe:LinearProbe",
+    "finetuned": "harness.models.finetuned:FinetunedModel",
 }
 
 #: ``on_epoch(epoch, train_loss, val_auc)``; it may raise (Optuna's ``TrialPruned``)
