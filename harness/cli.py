@@ -118,10 +118,13 @@ def setup_logging(quiet: bool) -> None:
 
 
 def cmd_study_run(args: argparse.Namespace) -> int:
+    from harness.config import load_config
     from harness.report import describe_finished, format_table
     from harness.study import run_study
     from harness.tracking import default_tracking_uri
 
+    if load_config(args.file).encoder.conditions is not None:
+        return cmd_conditions(args)
     summary = run_study(
         args.file,
         n_trials=args.n_trials,
@@ -148,6 +151,31 @@ def cmd_study_run(args: argparse.Namespace) -> int:
         else ""
     )
     print(f"open the MLflow UI with: {ui}   (then http://127.0.0.1:5000)")
+    return 0
+
+
+def cmd_conditions(args: argparse.Namespace) -> int:
+    """A study file with ``encoder.conditions``: one sub-study per condition, compared."""
+    from harness.conditions import run_conditions
+
+    if args.workers > 1:
+        raise HarnessError(
+            "--workers applies to one study; a file with encoder.conditions runs its "
+            "sub-studies one after the other in this process"
+        )
+    comparison = run_conditions(
+        args.file,
+        n_trials=args.n_trials,
+        timeout=args.timeout,
+        storage=args.storage,
+        tracking_uri=args.tracking_uri,
+        progress=not args.quiet,
+    )
+    print("\n" + comparison.report.split("## Figures")[0].rstrip())
+    print(
+        f"\nreport logged as report/report.md (+ PNGs) on run {comparison.run_id} of experiment "
+        f"{comparison.name!r}; open it with: harness ui"
+    )
     return 0
 
 

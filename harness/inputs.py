@@ -61,6 +61,12 @@ class AttentionInputs:
     #: the encoder's heads per layer (counts the maps of ``all``)
     num_heads: int
     pooled: bool = False
+    #: ``random``: the seeded random-weight control of ``encoder`` (``harness.encoder``)
+    init: str = "pretrained"
+    seed: int = 0
+    #: a fine-tuned encoder: the MLflow run that logged it; ``load_run`` downloads it from
+    #: there into the local encoder cache (``harness.intermediary``), found by fingerprint
+    encoder_run: str | None = None
     _encoders: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -71,7 +77,13 @@ class AttentionInputs:
         return {
             "type": "attention",
             "features": self.features.to_dict(),
-            "encoder": {"name": self.encoder, "fingerprint": self.fingerprint},
+            "encoder": {
+                "name": self.encoder,
+                "fingerprint": self.fingerprint,
+                "init": self.init,
+                "seed": self.seed,
+                "run_id": self.encoder_run,
+            },
             "max_len": self.max_len,
             "num_heads": self.num_heads,
             "pooled": self.pooled,
@@ -120,9 +132,15 @@ class AttentionInputs:
 
     def _encoder(self, device: str) -> Encoder:
         if device not in self._encoders:
-            from harness.encoder import load_encoder
+            from harness.encoder import Encoder, load_encoder
 
-            encoder = load_encoder(self.encoder, device=device)
+            if self.encoder_run:
+                from harness.intermediary import local_encoder
+
+                path = local_encoder(self.fingerprint, self.encoder_run)
+                encoder = Encoder(name=self.encoder, path=path, device=device)
+            else:
+                encoder = load_encoder(self.encoder, device, init=self.init, seed=self.seed)
             if encoder.fingerprint != self.fingerprint:
                 log.warning(
                     "encoder %r differs from the one the model was trained with "
@@ -157,6 +175,9 @@ def inputs_from_dict(d: dict) -> InputSpec:
             d["max_len"],
             d["num_heads"],
             d.get("pooled", False),
+            d["encoder"].get("init", "pretrained"),
+            d["encoder"].get("seed", 0),
+            d["encoder"].get("run_id"),
         )
     if d.get("type") == "embedding":
         from harness.embeddings import EmbeddingInputs

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.errors import HarnessError
+from harness.intermediary import fetch_model_encoders
 from harness.models.base import Model, load_model, read_config
 from harness.tracking import RunReader, check_tracking_uri, default_tracking_uri
 
@@ -59,4 +60,6 @@ def load_run(run_id: str, tracking_uri: str | None = None, device: str = "cpu") 
     reader = RunReader(tracking_uri)
     run_id = reader.run(run_id).info.run_id
     with tempfile.TemporaryDirectory() as tmp:
-        return load_saved(reader.download_model(run_id, Path(tmp)), run_id, device)
+        local = reader.download_model(run_id, Path(tmp))
+        fetch_model_encoders(read_config(local), reader.client)  # a fine-tuned encoder
+        return load_saved(local, run_id, device)

@@ -30,6 +30,8 @@ from harness.config import StudyConfig, check_encoder, load_study_file
 from harness.data import Dataset, Split, load_dataset, make_split
 from harness.encoder import Encoder, load_encoder
 from harness.errors import HarnessError
+from harness.finetune import Finetuned
+from harness.intermediary import ensure_baseline, ensure_encoder_run, finetune_for_study
 from harness.preflight import check_study, storage_exists, store_outage
 from harness.report import n_covered, n_finished, n_pruned, trial_rows
 from harness.search import make_pruner, make_sampler
@@ -71,6 +73,8 @@ class Prepared:
     split: Split
     encoder: Encoder
     cache: AttentionCache
+    #: the fine-tuned encoder (``encoder.finetune``), else ``None``
+    finetuned: Finetuned | None = None
 
 
 @dataclass
@@ -168,12 +172,23 @@ def prepare(
     storage_url, tracking = _stores(config, storage, tracking_uri, workers)
     target = n_trials or config.n_trials
     torch.set_num_threads(train_threads())
-    encoder = load_encoder(config.encoder.name)
+    if config.encoder.conditions is not None:
+        raise HarnessError(
+            f"{where} lists encoder.conditions: run it with `harness study run {where}`, which "
+            "runs one sub-study per condition and compares them (one worker per process)"
+        )
+    enc = config.encoder
+    encoder = load_encoder(enc.name, init=enc.init, seed=enc.seed)
     check_encoder(config, encoder)
     dataset, split = _load_data(config)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     check_study(cache_dir, storage_url, tracking, config.artifact_location)
     _check_existing(config, storage_url, dataset, split, where, target)
+    # fine-tuning (or finding it cached) comes before extraction: its leak check refuses
+    # before anything exists, and the attention is then the fine-tuned encoder's
+    finetuned = finetune_for_study(config, encoder, dataset, split, progress)
+    if finetuned is not None:
+        encoder = finetuned.encoder
     cache = extract_attention(
         encoder,
         dataset.texts,
@@ -185,7 +200,7 @@ def prepare(
     timeout = timeout or config.timeout
     return Prepared(
         config, text, where, target, timeout, storage_url, tracking, workers, progress,
-        dataset, split, encoder, cache,
+        dataset, split, encoder, cache, finetuned,
     )  # fmt: skip
 
 
@@ -253,6 +268,10 @@ def open_stores(p: Prepared) -> Iterator[StudySession]:
         parent_id = parent_run(tracker, study, created, lease, p)
         settle_runs(study, tracker, lease, parent_id)  # while dead workers' leases remain
         lease.prune()
+        encoder_run = None
+        if p.finetuned is not None:
+            split_params = {"data_sha256": p.dataset.sha256, "split_seed": config.split.seed}
+            encoder_run = ensure_encoder_run(tracker, parent_id, p.finetuned, split_params)
         ctx = StudyContext(
             config,
             p.dataset,
@@ -260,10 +279,15 @@ def open_stores(p: Prepared) -> Iterator[StudySession]:
             p.cache,
             tracker,
             parent_id,
-            config.encoder.name,
+            p.encoder.name,
             p.encoder.fingerprint,
             lease.token,
+            encoder_init=config.encoder.init,
+            encoder_seed=config.encoder.seed,
+            encoder_run_id=encoder_run,
         )
+        if p.finetuned is not None:
+            ensure_baseline(ctx, p.finetuned)
         if needs_ranking(config):
             ctx.ranking = ranking(ensure_sweep(ctx, p.progress))
         session = StudySession(study, ctx, lease)

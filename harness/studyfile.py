@@ -9,6 +9,7 @@ the line and the key as the user wrote it, with the nearest valid key when there
 from __future__ import annotations
 
 import difflib
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -73,16 +74,25 @@ def place(where: str, root: yaml.Node | None, loc: tuple) -> str:
     return f"{where}:{line}" if line else where
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model in a field's type: ``M``, ``M | None`` or ``list[M]``."""
+    if typing.get_origin(annotation) is None:
+        is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        return annotation if is_model else None
+    return next(filter(None, map(_model_in, typing.get_args(annotation))), None)
+
+
 def _model_for(root_model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model that holds the key at ``loc`` (for 'did you mean')."""
+    """The pydantic model that holds the key at ``loc`` (for 'did you mean'); list
+    indices (``encoder.conditions[1]``) step into the list's model."""
     model = root_model
     for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
         field = model.model_fields.get(str(part))
-        if field is None or not isinstance(field.annotation, type):
+        model = _model_in(field.annotation) if field is not None else None
+        if model is None:
             return None
-        if not issubclass(field.annotation, BaseModel):
-            return None
-        model = field.annotation
     return model
 
 

@@ -68,6 +68,11 @@ class StudyContext:
     ranking: list[Map] | None = None
     #: set when a store stopped answering mid-trial: the study stops (``harness.study``)
     outage: str | None = None
+    #: the random-init control's seed, or the fine-tuned encoder's MLflow run
+    #: (``harness.intermediary``): recorded on every trial and in its model config
+    encoder_init: str = "pretrained"
+    encoder_seed: int = 0
+    encoder_run_id: str | None = None
 
     def base_params(self) -> dict[str, str]:
         c = self.config
@@ -82,7 +87,19 @@ class StudyContext:
             "weight_decay": str(c.train.weight_decay),
             "bucketing": str(c.train.bucketing),
             "train_seed": str(c.train.seed),
+            **self.encoder_params(),
         }
+
+    def encoder_params(self) -> dict[str, str]:
+        """Which encoder, beyond its name: the control's seed, the fine-tuned one's run."""
+        if self.encoder_init != "pretrained":
+            return {"encoder_init": self.encoder_init, "encoder_seed": str(self.encoder_seed)}
+        if self.encoder_run_id:
+            return {
+                "encoder_fingerprint": self.encoder_fingerprint,
+                "encoder_run_id": self.encoder_run_id,
+            }
+        return {}
 
     def inputs_for(self, model: Model) -> Any:
         """The model's inputs for every row of the study's data set (from the cache)."""
@@ -167,6 +184,9 @@ def model_for(ctx: StudyContext, spec: TrialSpec) -> Model:
         c.encoder.max_len,
         ctx.cache.num_heads,
         pooled=spec.classifier.kind in PROBES,
+        init=ctx.encoder_init,
+        seed=ctx.encoder_seed,
+        encoder_run=ctx.encoder_run_id,
     )
     rows = 1 if inputs.pooled else c.encoder.max_len
     size = len(ctx.dataset) * rows * inputs.input_size * 4

@@ -38,6 +38,7 @@ KINDS: dict[str, str] = {
     "majority": "harness.models.text:MajorityModel",
     "tfidf": "harness.models.text:TfidfModel",
     "embedding": "harness.models.embedding:EmbeddingModel",
+    "finetuned": "harness.models.finetuned:FinetunedModel",
 }
 
 #: ``on_epoch(epoch, train_loss, val_auc)``; it may raise (Optuna's ``TrialPruned``)
