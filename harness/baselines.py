@@ -40,7 +40,12 @@ def make_baseline(name: str, ctx: StudyContext) -> Model:
         return TfidfModel(positive)
     if name == "embedding":
         inputs = EmbeddingInputs(
-            ctx.encoder_name, ctx.encoder_fingerprint, ctx.config.encoder.max_len
+            ctx.encoder_name,
+            ctx.encoder_fingerprint,
+            ctx.config.encoder.max_len,
+            ctx.encoder_init,
+            ctx.encoder_seed,
+            ctx.encoder_run_id,
         )
         return EmbeddingModel(inputs, positive)
     raise ValueError(f"unknown baseline {name!r}")  # the study file was checked before

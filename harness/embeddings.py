@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,9 +72,13 @@ def write_embeddings(path: Path, encoder: Encoder, max_len: int, emb: np.ndarray
         tmp.unlink(missing_ok=True)
 
 
-def cached_embeddings(encoder: Encoder, texts: list[str], max_len: int, entry: Path) -> np.ndarray:
+def cached_embeddings(
+    encoder: Encoder | Callable[[], Encoder], texts: list[str], max_len: int, entry: Path
+) -> np.ndarray:
     """The embeddings of the texts of attention cache ``entry`` (same encoder, texts and
-    ``max_len``), computed and stored there if it has none."""
+    ``max_len``), computed and stored there if it has none. ``encoder`` may be a function
+    that loads it: then it is loaded only when the entry has no embeddings yet (extraction
+    writes them), so a study never loads its encoder a second time."""
     path = Path(entry) / EMBEDDINGS_FILE
     with waiting_lock(path.with_suffix(".lock"), "the embedding cache", "cache_dir"):
         if path.exists():
@@ -85,6 +90,7 @@ def cached_embeddings(encoder: Encoder, texts: list[str], max_len: int, entry: P
             except Exception as exc:  # a damaged file of any kind is rebuilt, not read
                 log.warning("embedding cache %s is unreadable (%s); rebuilding it", path, exc)
         log.info("computing mean-pooled embeddings of %d sentences", len(texts))
+        encoder = encoder() if callable(encoder) else encoder
         emb = mean_pooled(encoder, texts, max_len)
         write_embeddings(path, encoder, max_len, emb)
         return emb
@@ -98,39 +104,53 @@ class EmbeddingInputs:
     encoder: str
     fingerprint: str
     max_len: int
+    #: the random-init control's seed, or the run of a fine-tuned encoder (as in
+    #: ``harness.inputs.AttentionInputs``)
+    init: str = "pretrained"
+    seed: int = 0
+    encoder_run: str | None = None
     _encoders: dict = field(default_factory=dict, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {
             "type": "embedding",
-            "encoder": {"name": self.encoder, "fingerprint": self.fingerprint},
+            "encoder": {
+                "name": self.encoder,
+                "fingerprint": self.fingerprint,
+                "init": self.init,
+                "seed": self.seed,
+                "run_id": self.encoder_run,
+            },
             "max_len": self.max_len,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> EmbeddingInputs:
-        return cls(d["encoder"]["name"], d["encoder"]["fingerprint"], d["max_len"])
+        e = d["encoder"]
+        return cls(
+            e["name"],
+            e["fingerprint"],
+            d["max_len"],
+            e.get("init", "pretrained"),
+            e.get("seed", 0),
+            e.get("run_id"),
+        )
 
     def build(
         self, texts: list[str], cache: AttentionCache | None = None, device: str = "cpu"
     ) -> np.ndarray:
         """A study's texts (``cache`` given) go through the embedding cache next to the
         attention cache; new sentences are embedded directly and not cached."""
-        encoder = self._encoder(device)
         if cache is not None:
-            return cached_embeddings(encoder, texts, self.max_len, cache.path)
-        return mean_pooled(encoder, texts, self.max_len)
+            load = lambda: self._encoder(device)  # noqa: E731 - only if not cached yet
+            return cached_embeddings(load, texts, self.max_len, cache.path)
+        return mean_pooled(self._encoder(device), texts, self.max_len)
 
     def _encoder(self, device: str) -> Encoder:
         if device not in self._encoders:
-            from harness.encoder import load_encoder
+            from harness.inputs import load_recorded_encoder
 
-            encoder = load_encoder(self.encoder, device=device)
-            if encoder.fingerprint != self.fingerprint:
-                log.warning(
-                    "encoder %r differs from the one the model was trained with "
-                    "(fingerprint mismatch)",
-                    encoder.name,
-                )
-            self._encoders[device] = encoder
+            self._encoders[device] = load_recorded_encoder(
+                self.encoder, self.fingerprint, device, self.init, self.seed, self.encoder_run
+            )
         return self._encoders[device]

@@ -132,22 +132,9 @@ class AttentionInputs:
 
     def _encoder(self, device: str) -> Encoder:
         if device not in self._encoders:
-            from harness.encoder import Encoder, load_encoder
-
-            if self.encoder_run:
-                from harness.intermediary import local_encoder
-
-                path = local_encoder(self.fingerprint, self.encoder_run)
-                encoder = Encoder(name=self.encoder, path=path, device=device)
-            else:
-                encoder = load_encoder(self.encoder, device, init=self.init, seed=self.seed)
-            if encoder.fingerprint != self.fingerprint:
-                log.warning(
-                    "encoder %r differs from the one the model was trained with "
-                    "(fingerprint mismatch)",
-                    encoder.name,
-                )
-            self._encoders[device] = encoder
+            self._encoders[device] = load_recorded_encoder(
+                self.encoder, self.fingerprint, device, self.init, self.seed, self.encoder_run
+            )
         return self._encoders[device]
 
 
@@ -159,6 +146,33 @@ def _mean_over_tokens(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 def _as_pooled(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sentence vectors as one-step sequences, the ``(x, lengths)`` every reader takes."""
     return np.ascontiguousarray(x[:, None, :], dtype=np.float32), np.ones(len(x), np.int64)
+
+
+def load_recorded_encoder(
+    name: str,
+    fingerprint: str,
+    device: str = "cpu",
+    init: str = "pretrained",
+    seed: int = 0,
+    run_id: str | None = None,
+) -> Encoder:
+    """The encoder a model's config names: a fine-tuned one from the local encoder cache
+    (``load_run`` downloads it there from run ``run_id``), a seeded random-init control, or
+    a pretrained one by name; a fingerprint that differs is warned about."""
+    from harness.encoder import Encoder, load_encoder
+
+    if run_id:
+        from harness.intermediary import local_encoder
+
+        encoder = Encoder(name=name, path=local_encoder(fingerprint, run_id), device=device)
+    else:
+        encoder = load_encoder(name, device, init=init, seed=seed)
+    if encoder.fingerprint != fingerprint:
+        log.warning(
+            "encoder %r differs from the one the model was trained with (fingerprint mismatch)",
+            encoder.name,
+        )
+    return encoder
 
 
 def inputs_from_dict(d: dict) -> InputSpec:
