@@ -23,9 +23,9 @@ _EXPORTS = {
     "AttentionCache": "harness.attention",
     "extract_attention": "harness.attention",
     "Dataset": "harness.data",
-    "Split": "harness.data",
     "load_dataset": "harness.data",
-    "make_split": "harness.data",
+    "Split": "harness.split",
+    "make_split": "harness.split",
     "load_encoder": "harness.encoder",
     "HarnessError": "harness.errors",
     "load_run": "harness.predict",
@@ -47,10 +47,11 @@ __all__ = [
 
 if TYPE_CHECKING:
     from harness.attention import AttentionCache, extract_attention
-    from harness.data import Dataset, Split, load_dataset, make_split
+    from harness.data import Dataset, load_dataset
     from harness.encoder import load_encoder
     from harness.errors import HarnessError
     from harness.predict import load_run
+    from harness.split import Split, make_split
     from harness.study import run_study
 
 

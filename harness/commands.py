@@ -248,8 +248,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _predict_file(args: argparse.Namespace) -> int:
     """``--input FILE``: every sentence of a csv/tsv/jsonl column, scores to ``--output``."""
     from harness.batch import check_output, predict_texts, write_scores
-    from harness.data import read_texts
     from harness.predict import load_run
+    from harness.readers import read_texts
 
     if args.texts:
         raise HarnessError("give either sentences or --input FILE, not both")

@@ -43,7 +43,7 @@ import torch
 from filelock import FileLock
 
 from harness.attention import default_cache_dir, texts_sha256, tokenize
-from harness.data import Dataset, Split, load_dataset
+from harness.data import Dataset, load_dataset
 from harness.encoder import Encoder, fingerprint, quiet_transformers
 from harness.errors import HarnessError
 from harness.finetune_loop import (
@@ -52,6 +52,7 @@ from harness.finetune_loop import (
     length_sorted_proba,
     train_classifier,
 )
+from harness.split import Split
 
 log = logging.getLogger("harness")
 

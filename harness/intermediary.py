@@ -35,8 +35,9 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from harness.config import StudyConfig
-    from harness.data import Dataset, Split
+    from harness.data import Dataset
     from harness.finetune import Finetuned
+    from harness.split import Split
     from harness.tracking import Tracker
     from harness.trial import StudyContext
 

@@ -27,7 +27,7 @@ from harness.attention import AttentionCache, default_cache_dir, extract_attenti
 from harness.callbacks import ProgressLine, SkipSurplus, StopAtTarget, StopOnFailures, UpdateParent
 from harness.conclude import Conclusion, conclude
 from harness.config import StudyConfig, check_encoder, load_study_file
-from harness.data import Dataset, Split, load_dataset, make_split
+from harness.data import Dataset, load_dataset
 from harness.encoder import Encoder, load_encoder
 from harness.errors import HarnessError
 from harness.finetune import Finetuned
@@ -37,6 +37,7 @@ from harness.report import n_covered, n_finished, n_pruned, trial_rows
 from harness.search import make_pruner, make_sampler
 from harness.settle import StaleHandler, settle_runs
 from harness.space import Top
+from harness.split import Split, make_split
 from harness.storage import (
     WorkerLease,
     heartbeat_interval,

@@ -17,10 +17,11 @@ import torch
 
 import harness.finetune as ft
 from harness.attention import extract_attention, tokenize
-from harness.data import load_dataset, make_split
+from harness.data import load_dataset
 from harness.encoder import load_encoder
 from harness.errors import HarnessError
 from harness.metrics import compute_metrics
+from harness.split import make_split
 from tests.conftest import write_synthetic_csv
 
 # a learning rate that moves a tiny random BERT visibly within two epochs
