@@ -31,7 +31,8 @@ from harness.errors import HarnessError
 from harness.figures import Figure, ScoredRun, _md_table, forest_plot, heatmap_comparison
 from harness.intermediary import BASELINE_RUN, check_leaks
 from harness.metrics import PairedResult
-from harness.study import _load_data, open_stores, prepare, run_trials, summarize
+from harness.study import open_stores, prepare, run_trials, summarize
+from harness.study_inputs import load_data
 from harness.sweep import HeadScore, ensure_sweep, grid, ranking
 from harness.tracking import ROLE_TAG, Tracker
 
@@ -117,7 +118,7 @@ def run_conditions(
     if config.encoder.conditions is None:
         raise HarnessError(f"{study_file} lists no encoder.conditions to compare")
     subs = [(c.label, config.for_condition(c)) for c in config.encoder.conditions]
-    dataset, split = _load_data(config)
+    dataset, split = load_data(config)
     for _, sub in subs:
         check_leaks(sub, dataset, split)
     options = {
