@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from harness.attention import AttentionCache, extract_attention
+from harness.attention import extract_attention
+from harness.attention_cache import AttentionCache
 from harness.data import Dataset, load_dataset
 from harness.encoder import Encoder, load_encoder
 from harness.split import Split, make_split

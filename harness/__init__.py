@@ -20,7 +20,7 @@ except PackageNotFoundError:  # a source tree on sys.path that was never install
     __version__ = "0+unknown"
 
 _EXPORTS = {
-    "AttentionCache": "harness.attention",
+    "AttentionCache": "harness.attention_cache",
     "extract_attention": "harness.attention",
     "Dataset": "harness.data",
     "load_dataset": "harness.data",
@@ -46,7 +46,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from harness.attention import AttentionCache, extract_attention
+    from harness.attention import extract_attention
+    from harness.attention_cache import AttentionCache
     from harness.data import Dataset, load_dataset
     from harness.encoder import load_encoder
     from harness.errors import HarnessError

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.attention import AttentionCache
+from harness.attention_cache import AttentionCache
 from harness.data import Dataset
 from harness.features import FeatureSpec, Map, map_name
 from harness.inputs import AttentionInputs

@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from harness.attention import AttentionCache
+from harness.attention_cache import AttentionCache
 from harness.config import StudyConfig
 from harness.data import Dataset
 from harness.evaluate import Evaluation, evaluate, write_predictions
