@@ -384,7 +384,7 @@ def check_encoder(config: StudyConfig, encoder: Encoder) -> None:
 def _heads_out_of_range(heads, name: str, n_layers: int, n_heads: int) -> str | None:
     """What in one head selection encoder ``name`` cannot serve, or ``None``."""
     from harness.features import is_pairs, map_name
-    from harness.space import Top
+    from harness.selection import Top
 
     maps = n_layers * n_heads
     if isinstance(heads, Top):

@@ -34,8 +34,8 @@ from harness.intermediary import ensure_baseline, ensure_encoder_run, finetune_f
 from harness.preflight import check_study, store_outage
 from harness.report import n_covered, n_finished, n_pruned, trial_rows
 from harness.search import make_pruner, make_sampler
+from harness.selection import Top
 from harness.settle import StaleHandler, settle_runs
-from harness.space import Top
 from harness.split import Split
 from harness.storage import (
     WorkerLease,
