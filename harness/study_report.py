@@ -28,7 +28,7 @@ from harness.report import trial_rows
 from harness.tracking import ROLE_TAG, RunReader
 
 if TYPE_CHECKING:
-    from harness.figures import ScoredRun
+    from harness.report_md import ScoredRun
 
 log = logging.getLogger("harness")
 
@@ -127,7 +127,7 @@ def head_scores(reader: RunReader, children: list[Run]) -> np.ndarray | None:
 
 
 def _scored_runs(trials: list[dict], baselines: list[dict]) -> list[ScoredRun]:
-    from harness.figures import ScoredRun
+    from harness.report_md import ScoredRun
 
     runs = []
     for r in trials:
@@ -223,8 +223,8 @@ def build_report(
         optimization_history,
         param_importances,
         validation_curves,
-        write_report_md,
     )
+    from harness.report_md import write_report_md
 
     parent, children = reader.study_runs(study.study_name)
     if parent is None:
