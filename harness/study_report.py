@@ -244,22 +244,17 @@ def build_report(
         validation_curves(_val_curves(reader, trials), out / "val_curves.png"),
     ]
     grid = head_scores(reader, children)
-    top_heads = None
     if grid is not None:
         figures.append(
             head_heatmap(grid, out / "heads.png", title="validation AUC per head (head sweep)")
         )
-        order = np.argsort(-np.nan_to_num(grid, nan=-1.0), axis=None)[:top]
-        top_heads = [
-            (int(i // grid.shape[1]), int(i % grid.shape[1]), float(grid.flat[i])) for i in order
-        ]
     md = write_report_md(
         out / "report.md",
         title=f"Study {study.study_name}",
         settings=_settings(study, parent, boot),
         runs=runs,
         paired=paired,
-        top_heads=top_heads,
+        top_heads=_top_heads(grid, top),
         figures=figures,
         confidence=boot.confidence,
     )
@@ -268,6 +263,14 @@ def build_report(
         with md.open("a", encoding="utf-8") as fh:
             fh.write("\n" + _repeats_md(repeats, trial_rows(study)))
     return [md, *(f.path for f in figures if f.path is not None)]
+
+
+def _top_heads(grid: np.ndarray | None, top: int) -> list[tuple[int, int, float]] | None:
+    """The ``top`` best (layer, head, score) of the head sweep's grid, best first."""
+    if grid is None:
+        return None
+    order = np.argsort(-np.nan_to_num(grid, nan=-1.0), axis=None)[:top]
+    return [(int(i // grid.shape[1]), int(i % grid.shape[1]), float(grid.flat[i])) for i in order]
 
 
 def log_report(study: optuna.Study, reader: RunReader, **kwargs) -> list[str]:
