@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from harness.attention import AttentionCache, extract_attention
-from harness.data import Dataset, Split, load_dataset, make_split
+from harness.attention import extract_attention
+from harness.attention_cache import AttentionCache
+from harness.data import Dataset, load_dataset
 from harness.encoder import Encoder, load_encoder
+from harness.split import Split, make_split
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LEN = 80

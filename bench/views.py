@@ -13,7 +13,7 @@ import numpy as np
 
 from bench.common import Context, Row, interleaved, log, ratio, run_child
 from harness import view_cache
-from harness.attention import AttentionCache
+from harness.attention_cache import AttentionCache
 from harness.view_cache import open_view
 from harness.views import view_size
 
@@ -25,7 +25,7 @@ GB = 1e9
 #: a fresh process: open the cache, drop its stored view, compute it again; print VmHWM
 PEAK_CHILD = """
 import shutil, sys
-from harness.attention import AttentionCache
+from harness.attention_cache import AttentionCache
 from harness.view_cache import open_view
 cache = AttentionCache(sys.argv[1])
 shutil.rmtree(cache.path / "views", ignore_errors=True)

@@ -20,12 +20,12 @@ except PackageNotFoundError:  # a source tree on sys.path that was never install
     __version__ = "0+unknown"
 
 _EXPORTS = {
-    "AttentionCache": "harness.attention",
+    "AttentionCache": "harness.attention_cache",
     "extract_attention": "harness.attention",
     "Dataset": "harness.data",
-    "Split": "harness.data",
     "load_dataset": "harness.data",
-    "make_split": "harness.data",
+    "Split": "harness.split",
+    "make_split": "harness.split",
     "load_encoder": "harness.encoder",
     "HarnessError": "harness.errors",
     "load_run": "harness.predict",
@@ -46,11 +46,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from harness.attention import AttentionCache, extract_attention
-    from harness.data import Dataset, Split, load_dataset, make_split
+    from harness.attention import extract_attention
+    from harness.attention_cache import AttentionCache
+    from harness.data import Dataset, load_dataset
     from harness.encoder import load_encoder
     from harness.errors import HarnessError
     from harness.predict import load_run
+    from harness.split import Split, make_split
     from harness.study import run_study
 
 

@@ -28,10 +28,12 @@ from pathlib import Path
 from harness.compare import RunPredictions, compare_runs
 from harness.config import StudyConfig, load_study_file
 from harness.errors import HarnessError
-from harness.figures import Figure, ScoredRun, _md_table, forest_plot, heatmap_comparison
+from harness.figures import forest_plot, heatmap_comparison
 from harness.intermediary import BASELINE_RUN, check_leaks
 from harness.metrics import PairedResult
-from harness.study import _load_data, open_stores, prepare, run_trials, summarize
+from harness.report_md import Figure, ScoredRun, md_table
+from harness.study import open_stores, prepare, run_trials, summarize
+from harness.study_inputs import load_data
 from harness.sweep import HeadScore, ensure_sweep, grid, ranking
 from harness.tracking import ROLE_TAG, Tracker
 
@@ -117,7 +119,7 @@ def run_conditions(
     if config.encoder.conditions is None:
         raise HarnessError(f"{study_file} lists no encoder.conditions to compare")
     subs = [(c.label, config.for_condition(c)) for c in config.encoder.conditions]
-    dataset, split = _load_data(config)
+    dataset, split = load_data(config)
     for _, sub in subs:
         check_leaks(sub, dataset, split)
     options = {
@@ -182,7 +184,7 @@ def report_markdown(
     pct = f"{100 * config.bootstrap.confidence:g} %"
     out = [f"# Encoder conditions: {config.name}", ""]
     out += ["## Best attention probe per condition (chosen on validation)", ""]
-    out += _md_table(
+    out += md_table(
         ["condition", "test AUC", f"{pct} CI", "detail", "study", "run"],
         [
             [r.label, *_auc(r.best), r.best.detail, r.study, r.best.run_id]
@@ -193,7 +195,7 @@ def report_markdown(
     baselines = [r for r in results if r.baseline]
     if baselines:
         out += ["## The fine-tuned model's own head", ""]
-        out += _md_table(
+        out += md_table(
             ["condition", "run", "test AUC", f"{pct} CI", "run id"],
             [[r.label, BASELINE_RUN, *_auc(r.baseline), r.baseline.run_id] for r in baselines],
         )
@@ -205,7 +207,7 @@ def report_markdown(
             "difference.",
             "",
         ]
-        out += _md_table(
+        out += md_table(
             ["difference", "A", "B", "A − B", f"{pct} CI", "p"],
             [
                 [k, f"{r.a:.3f}", f"{r.b:.3f}", f"{r.diff:+.3f}",
@@ -220,14 +222,14 @@ def report_markdown(
         columns.append(
             [f"{by_map[m].name} {by_map[m].val_auc:.3f}" for m in ranking(r.scores)[:TOP_HEADS]]
         )
-    out += _md_table(
+    out += md_table(
         ["rank", *(r.label for r in results)],
         [[str(i + 1), *(c[i] for c in columns)] for i in range(TOP_HEADS)],
     )
     out += ["## Figures", ""]
     out += [f"![{f.title}]({f.path.name})\n" for f in figures if f.path is not None]
     out += ["## Settings", ""]
-    out += _md_table(
+    out += md_table(
         ["condition", "study", "parent run"], [[r.label, r.study, r.parent_run_id] for r in results]
     )
     return "\n".join(out).rstrip() + "\n"

@@ -26,7 +26,7 @@ import safetensors.numpy
 from harness.locks import waiting_lock
 
 if TYPE_CHECKING:
-    from harness.attention import AttentionCache
+    from harness.attention_cache import AttentionCache
     from harness.encoder import Encoder
 
 log = logging.getLogger("harness")

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from harness.data import Dataset, Split
+from harness.data import Dataset
 from harness.metrics import METRICS, bootstrap_ci, compute_metrics
 from harness.models.base import Model
+from harness.split import Split
 
 PREDICTION_HEADER = ("index", "row_id", "label", "probability", "text")
 

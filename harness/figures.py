@@ -1,4 +1,5 @@
-"""PNG figures for a study report, drawn with matplotlib from plain data.
+"""PNG figures for a study report, drawn with matplotlib from plain data (report.md itself
+is ``harness.report_md``).
 
 Every function takes numbers (or, for the Optuna figures, an ``optuna.Study``) and a path,
 writes one PNG and returns a ``Figure`` record, so the report can list figures and say why
@@ -10,10 +11,8 @@ it is experimental, labels axes "Objective Value", clips its legend, and hides p
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -28,34 +27,12 @@ from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from harness.errors import HarnessError  # noqa: E402
-from harness.metrics import PairedResult  # noqa: E402
+from harness.report_md import Figure, ScoredRun  # noqa: E402
 
 DPI = 120
 TRIAL_COLOR = "#1f5fa8"
 BASELINE_COLOR = "#d2691e"
 PRUNED_COLOR = "#9a9a9a"
-
-
-@dataclass(frozen=True)
-class ScoredRun:
-    """One row of the forest plot and of the report's tables: a value with its CI."""
-
-    label: str
-    value: float
-    ci_low: float
-    ci_high: float
-    baseline: bool = False
-    #: free text for the report table, e.g. the trial's validation AUC and parameters
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Figure:
-    """A figure the report shows, or (``path`` None) one it skipped, with the reason."""
-
-    title: str
-    path: Path | None
-    note: str = ""
 
 
 def _save(fig: plt.Figure, path: Path | str, title: str) -> Figure:
@@ -323,96 +300,3 @@ def heatmap_comparison(
     fig.colorbar(diff_image, ax=axes[2], label="difference", fraction=0.05)
     fig.suptitle(title)
     return _save(fig, path, title)
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """A Markdown table padded to aligned columns, so it also reads well as plain text."""
-    cells = [[str(c).replace("|", "\\|") for c in row] for row in (header, *rows)]
-    widths = [max(len(c) for c in col) for col in zip(*cells, strict=True)]
-
-    def line(row: Sequence[str]) -> str:
-        return "| " + " | ".join(f"{c:<{w}}" for c, w in zip(row, widths, strict=True)) + " |"
-
-    return [line(cells[0]), line(["-" * w for w in widths]), *map(line, cells[1:]), ""]
-
-
-def _md_num(x: float, spec: str = ".3f") -> str:
-    return "n/a" if not math.isfinite(x) else format(x, spec)
-
-
-def write_report_md(
-    path: Path | str,
-    *,
-    title: str,
-    settings: Mapping[str, object],
-    runs: Sequence[ScoredRun],
-    paired: Mapping[str, PairedResult] | None = None,
-    top_heads: Sequence[tuple[int, int, float]] | None = None,
-    figures: Sequence[Figure] = (),
-    confidence: float = 0.95,
-) -> Path:
-    """A short human summary: results with CIs, paired differences, top heads, figures, settings.
-
-    ``paired`` maps a baseline name to best trial − that baseline; ``top_heads`` holds
-    (layer, head, score) from a head sweep. Figures are linked by paths relative to the
-    report, so the folder can be moved or logged as an MLflow artifact directory as a whole.
-    """
-    path = Path(path)
-    pct = f"{100 * confidence:g} %"
-    out = [f"# {title}", ""]
-    for baseline, heading in ((False, "Best trials"), (True, "Baselines")):
-        block = [r for r in runs if r.baseline == baseline]
-        if block:
-            rows = [
-                [
-                    r.label,
-                    _md_num(r.value),
-                    f"[{_md_num(r.ci_low)}, {_md_num(r.ci_high)}]",
-                    r.detail,
-                ]
-                for r in block
-            ]
-            out += [f"## {heading}", ""]
-            out += _md_table(["run", "test AUC", f"{pct} CI", "detail"], rows)
-    if paired:
-        rows = [
-            [
-                name,
-                _md_num(r.a),
-                _md_num(r.b),
-                _md_num(r.diff, "+.3f"),
-                f"[{_md_num(r.ci_low, '+.3f')}, {_md_num(r.ci_high, '+.3f')}]",
-                _md_num(r.p_value, ".3g"),
-            ]
-            for name, r in paired.items()
-        ]
-        metric = next(iter(paired.values())).metric
-        out += [
-            "## Paired differences: best trial − baseline",
-            "",
-            f"Test {metric.upper() if metric == 'auc' else metric} on the same bootstrap resamples "
-            "of the test rows; "
-            "p is two-sided for H0: no difference.",
-            "",
-        ]
-        out += _md_table(
-            ["baseline", "best", "baseline value", "difference", f"{pct} CI", "p"], rows
-        )
-    if top_heads:
-        out += ["## Top heads (head sweep)", ""]
-        out += _md_table(
-            ["head", "score"], [[f"L{layer}H{head}", _md_num(s)] for layer, head, s in top_heads]
-        )
-    if figures:
-        out += ["## Figures", ""]
-        for f in figures:
-            if f.path is None:
-                out += [f"*{f.title}: not drawn ({f.note}).*", ""]
-            else:
-                rel = Path(os.path.relpath(f.path, path.parent)).as_posix()
-                out += [f"![{f.title}]({rel})", ""]
-    out += ["## Settings", ""]
-    out += _md_table(["key", "value"], [[k, str(v)] for k, v in settings.items()])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(out).rstrip() + "\n", encoding="utf-8")
-    return path

@@ -17,7 +17,7 @@ import numpy as np
 from harness.errors import HarnessError
 
 if TYPE_CHECKING:
-    from harness.attention import AttentionCache
+    from harness.attention_cache import AttentionCache
     from harness.encoder import Encoder
     from harness.features import FeatureSpec
 

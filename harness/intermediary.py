@@ -35,8 +35,9 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from harness.config import StudyConfig
-    from harness.data import Dataset, Split
+    from harness.data import Dataset
     from harness.finetune import Finetuned
+    from harness.split import Split
     from harness.tracking import Tracker
     from harness.trial import StudyContext
 
@@ -73,7 +74,7 @@ def check_leaks(config: StudyConfig, dataset: Dataset, split: Split) -> None:
     """The leak check alone (reads the intermediary file, trains nothing): a comparison
     runs it for every condition before its first sub-study exists."""
     if config.encoder.finetune is not None:
-        from harness.finetune import finetune_data
+        from harness.finetune_split import finetune_data
 
         finetune_data(config.encoder.finetune.settings(), dataset, split)
 

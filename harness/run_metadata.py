@@ -19,7 +19,8 @@ from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag
 
 from harness import __version__
-from harness.data import Dataset, Split
+from harness.data import Dataset
+from harness.split import Split
 
 DESCRIPTION_TAG = "mlflow.note.content"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"

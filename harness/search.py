@@ -14,7 +14,8 @@ import optuna
 from harness.config import StudyConfig
 from harness.features import FeatureSpec, Map, is_pairs
 from harness.models.catalog import HPARAMS, ClassifierSpec, ProbeSpec, make_spec
-from harness.space import Range, SearchConfig, Top, head_choice_name
+from harness.selection import Top, head_choice_name
+from harness.space import Range, SearchConfig
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,6 @@ baseline) can be fitted inside the same study, on its split, under its parent ru
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 import warnings
@@ -23,29 +21,38 @@ from pathlib import Path
 import optuna
 import torch
 
-from harness.attention import AttentionCache, default_cache_dir, extract_attention
+from harness.attention import default_cache_dir, extract_attention
+from harness.attention_cache import AttentionCache
 from harness.callbacks import ProgressLine, SkipSurplus, StopAtTarget, StopOnFailures, UpdateParent
 from harness.conclude import Conclusion, conclude
-from harness.config import StudyConfig, check_encoder, load_study_file
-from harness.data import Dataset, Split, load_dataset, make_split
+from harness.config import StudyConfig, check_encoder
+from harness.data import Dataset
 from harness.encoder import Encoder, load_encoder
 from harness.errors import HarnessError
 from harness.finetune import Finetuned
 from harness.intermediary import ensure_baseline, ensure_encoder_run, finetune_for_study
-from harness.preflight import check_study, storage_exists, store_outage
+from harness.preflight import check_study, store_outage
 from harness.report import n_covered, n_finished, n_pruned, trial_rows
 from harness.search import make_pruner, make_sampler
+from harness.selection import Top
 from harness.settle import StaleHandler, settle_runs
-from harness.space import Top
+from harness.split import Split
 from harness.storage import (
     WorkerLease,
     heartbeat_interval,
     make_storage,
-    validate_storage_url,
+)
+from harness.study_inputs import (
+    check_arguments,
+    check_continuation,
+    load_data,
+    read_study,
+    resolve_stores,
+    stamp_study,
 )
 from harness.sweep import ensure_sweep, ranking
 from harness.threads import train_threads
-from harness.tracking import Tracker, default_tracking_uri, validate_tracking_uri
+from harness.tracking import Tracker
 from harness.trial import Objective, StudyContext, TrialFailed
 from harness.workers import CREATOR_ATTR, fail_dead_trials, lease_dir, parent_run, start_workers
 
@@ -99,62 +106,6 @@ class StudySummary:
     conclusion: Conclusion | None = None
 
 
-def _read(study_file: str | Path | StudyConfig, workers: int) -> tuple[StudyConfig, str, str]:
-    if isinstance(study_file, StudyConfig):
-        if workers > 1:
-            raise HarnessError("workers > 1 needs a study file path (workers re-read the file)")
-        return study_file, study_file.model_dump_json(indent=2), "<config>"
-    config, text = load_study_file(study_file)
-    return config, text, str(study_file)
-
-
-def _check_arguments(n_trials: int | None, timeout: float | None, workers: int) -> None:
-    if n_trials is not None and n_trials < 1:
-        raise HarnessError(f"--n-trials must be >= 1, got {n_trials}")
-    if timeout is not None and timeout <= 0:
-        raise HarnessError(f"--timeout must be > 0 seconds, got {timeout}")
-    if workers < 1:
-        raise HarnessError(f"--workers must be >= 1, got {workers}")
-
-
-def _stores(config: StudyConfig, storage: str | None, tracking_uri: str | None, workers: int):
-    """Storage and tracking URIs: argument > (``$MLFLOW_TRACKING_URI``) > study file."""
-    try:
-        storage_url = validate_storage_url(storage) if storage else config.storage
-        flag = validate_tracking_uri(tracking_uri) if tracking_uri else None
-    except ValueError as exc:
-        raise HarnessError(str(exc)) from None
-    if workers > 1 and storage_url.startswith("sqlite:"):
-        raise HarnessError(
-            f"--workers {workers} needs a storage that several processes can share; SQLite "
-            "is not safe under concurrent writes: add --storage journal:///mlruns/optuna.log "
-            "(one machine) or --storage postgresql://user@host/db"
-        )
-    return storage_url, default_tracking_uri(flag, config.tracking_uri)
-
-
-def _load_data(config: StudyConfig) -> tuple[Dataset, Split]:
-    d = config.data
-    dataset = load_dataset(
-        d.dataset,
-        text_column=d.text_column,
-        label_column=d.label_column,
-        positive_label=d.positive_label,
-        group_column=d.group_column,
-        delimiter=d.delimiter,
-        max_rows=d.max_rows,
-        seed=config.split.seed,
-    )
-    split = make_split(
-        dataset,
-        val_fraction=config.split.val,
-        test_fraction=config.split.test,
-        seed=config.split.seed,
-        group_by=config.split.group_by,
-    )
-    return dataset, split
-
-
 def prepare(
     study_file: str | Path | StudyConfig,
     *,
@@ -167,9 +118,9 @@ def prepare(
 ) -> Prepared:
     """Validate everything the user gave before any study, run or cache entry exists,
     then do the expensive shared work once: the attention of every sentence."""
-    _check_arguments(n_trials, timeout, workers)
-    config, text, where = _read(study_file, workers)
-    storage_url, tracking = _stores(config, storage, tracking_uri, workers)
+    check_arguments(n_trials, timeout, workers)
+    config, text, where = read_study(study_file, workers)
+    storage_url, tracking = resolve_stores(config, storage, tracking_uri, workers)
     target = n_trials or config.n_trials
     torch.set_num_threads(train_threads())
     if config.encoder.conditions is not None:
@@ -180,10 +131,10 @@ def prepare(
     enc = config.encoder
     encoder = load_encoder(enc.name, init=enc.init, seed=enc.seed)
     check_encoder(config, encoder)
-    dataset, split = _load_data(config)
+    dataset, split = load_data(config)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     check_study(cache_dir, storage_url, tracking, config.artifact_location)
-    _check_existing(config, storage_url, dataset, split, where, target)
+    check_continuation(config, storage_url, dataset, split, where, target)
     # fine-tuning (or finding it cached) comes before extraction: its leak check refuses
     # before anything exists, and the attention is then the fine-tuned encoder's
     finetuned = finetune_for_study(config, encoder, dataset, split, progress)
@@ -202,41 +153,6 @@ def prepare(
         config, text, where, target, timeout, storage_url, tracking, workers, progress,
         dataset, split, encoder, cache, finetuned,
     )  # fmt: skip
-
-
-def _check_existing(
-    config: StudyConfig, url: str, dataset: Dataset, split: Split, where: str, target: int
-) -> None:
-    """A continued study must see the same data and the same split as its first trials."""
-    if not storage_exists(url):
-        return  # never create a store just to look
-    try:
-        study = optuna.load_study(study_name=config.name, storage=make_storage(url))
-    except KeyError:
-        return
-    attrs = study.user_attrs
-    if "data_sha256" in attrs and attrs["data_sha256"] != dataset.sha256:
-        raise HarnessError(
-            f"{where}: study {study.study_name!r} was started on data with sha256 "
-            f"{attrs['data_sha256'][:12]}… but {dataset.source} now has {dataset.sha256[:12]}…; "
-            "restore the original file or give the study a new name"
-        )
-    if "split_sha256" in attrs and attrs["split_sha256"] != split_sha256(split):
-        raise HarnessError(
-            f"{where}: the split of study {study.study_name!r} differs from the one it started "
-            "with (split settings or data changed); restore them or give the study a new name"
-        )
-    if n_finished(study) >= target:
-        log.info(
-            "study %r already has %d finished trials (target %d); raise --n-trials to run more",
-            config.name,
-            n_finished(study),
-            target,
-        )
-
-
-def split_sha256(split: Split) -> str:
-    return hashlib.sha256(json.dumps(split.to_dict(), sort_keys=True).encode()).hexdigest()
 
 
 @contextmanager
@@ -259,10 +175,7 @@ def open_stores(p: Prepared) -> Iterator[StudySession]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names([OBJECTIVE])
-        if "data_sha256" not in study.user_attrs:
-            study.set_user_attr("data_sha256", p.dataset.sha256)
-            study.set_user_attr("split_sha256", split_sha256(p.split))
-            study.set_user_attr("encoder", config.encoder.name)
+        stamp_study(study, p.dataset, p.split, config.encoder.name)
         # trials of killed workers end as FAIL now, even when none are left to run
         fail_dead_trials(study)
         parent_id = parent_run(tracker, study, created, lease, p)

@@ -28,7 +28,7 @@ from harness.report import trial_rows
 from harness.tracking import ROLE_TAG, RunReader
 
 if TYPE_CHECKING:
-    from harness.figures import ScoredRun
+    from harness.report_md import ScoredRun
 
 log = logging.getLogger("harness")
 
@@ -127,7 +127,7 @@ def head_scores(reader: RunReader, children: list[Run]) -> np.ndarray | None:
 
 
 def _scored_runs(trials: list[dict], baselines: list[dict]) -> list[ScoredRun]:
-    from harness.figures import ScoredRun
+    from harness.report_md import ScoredRun
 
     runs = []
     for r in trials:
@@ -223,8 +223,8 @@ def build_report(
         optimization_history,
         param_importances,
         validation_curves,
-        write_report_md,
     )
+    from harness.report_md import write_report_md
 
     parent, children = reader.study_runs(study.study_name)
     if parent is None:
@@ -244,22 +244,17 @@ def build_report(
         validation_curves(_val_curves(reader, trials), out / "val_curves.png"),
     ]
     grid = head_scores(reader, children)
-    top_heads = None
     if grid is not None:
         figures.append(
             head_heatmap(grid, out / "heads.png", title="validation AUC per head (head sweep)")
         )
-        order = np.argsort(-np.nan_to_num(grid, nan=-1.0), axis=None)[:top]
-        top_heads = [
-            (int(i // grid.shape[1]), int(i % grid.shape[1]), float(grid.flat[i])) for i in order
-        ]
     md = write_report_md(
         out / "report.md",
         title=f"Study {study.study_name}",
         settings=_settings(study, parent, boot),
         runs=runs,
         paired=paired,
-        top_heads=top_heads,
+        top_heads=_top_heads(grid, top),
         figures=figures,
         confidence=boot.confidence,
     )
@@ -268,6 +263,14 @@ def build_report(
         with md.open("a", encoding="utf-8") as fh:
             fh.write("\n" + _repeats_md(repeats, trial_rows(study)))
     return [md, *(f.path for f in figures if f.path is not None)]
+
+
+def _top_heads(grid: np.ndarray | None, top: int) -> list[tuple[int, int, float]] | None:
+    """The ``top`` best (layer, head, score) of the head sweep's grid, best first."""
+    if grid is None:
+        return None
+    order = np.argsort(-np.nan_to_num(grid, nan=-1.0), axis=None)[:top]
+    return [(int(i // grid.shape[1]), int(i % grid.shape[1]), float(grid.flat[i])) for i in order]
 
 
 def log_report(study: optuna.Study, reader: RunReader, **kwargs) -> list[str]:

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.attention import AttentionCache
-from harness.data import Dataset, Split
+from harness.attention_cache import AttentionCache
+from harness.data import Dataset
 from harness.features import FeatureSpec, Map, map_name
 from harness.inputs import AttentionInputs
 from harness.metrics import bootstrap_ci, bootstrap_indices, compute_metrics
 from harness.models.catalog import ProbeSpec
 from harness.models.probe import LinearProbe
+from harness.split import Split
 
 log = logging.getLogger("harness")
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import optuna
 
-from harness.attention import AttentionCache
+from harness.attention_cache import AttentionCache
 from harness.config import StudyConfig
-from harness.data import Dataset, Split
+from harness.data import Dataset
 from harness.evaluate import Evaluation, evaluate, write_predictions
 from harness.features import Map
 from harness.inputs import AttentionInputs
@@ -35,6 +35,7 @@ from harness.run_metadata import (
     provenance_tags,
 )
 from harness.search import TrialSpec, make_sampler, suggest
+from harness.split import Split
 from harness.storage import WORKER_ATTR
 from harness.tracking import Tracker
 from harness.train import TrainSettings

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from harness.attention import AttentionCache, CacheCorrupt, length_runs
+from harness.attention_cache import AttentionCache, CacheCorrupt, length_runs
 from harness.locks import waiting_lock
 from harness.threads import num_threads, train_threads
 from harness.views import Map, check_request, combine, feature_width, pool, view_block, view_size

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from harness.attention import length_runs
+from harness.attention_cache import length_runs
 from harness.errors import HarnessError
 
 VIEWS = ("rows", "stats", "relative")

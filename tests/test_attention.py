@@ -12,14 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.attention import (
-    AttentionCache,
-    extract_attention,
-    iter_attention,
-    length_runs,
-    length_sorted_batches,
-    tokenize,
-)
+from harness.attention import extract_attention, iter_attention, length_sorted_batches, tokenize
+from harness.attention_cache import AttentionCache, length_runs
 from harness.data import load_dataset
 from harness.encoder import Encoder, load_encoder
 from harness.errors import HarnessError
@@ -231,11 +225,11 @@ def test_features_reject_out_of_range_layers_and_heads(cache):
 
 def test_chunked_reading_gives_the_same_features(cache, monkeypatch):
     """Features built a few sentences at a time equal those built in one read."""
-    from harness import attention
+    from harness import attention_cache
 
     want = cache.features([0, 1], [1, 2], "concat")[0].copy()
     fresh = AttentionCache(cache.path)
-    monkeypatch.setattr(attention, "READ_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(attention_cache, "READ_CHUNK_BYTES", 4096)
     assert len(list(fresh._chunks())) > 5
     np.testing.assert_allclose(fresh.features([0, 1], [1, 2], "concat")[0], want, rtol=1e-6)
 

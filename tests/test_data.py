@@ -16,13 +16,12 @@ from harness import data
 from harness.data import (
     BABE_SHA256,
     Dataset,
-    Split,
     fetch_dataset,
     load_dataset,
-    make_split,
     resolve_data_path,
 )
 from harness.errors import HarnessError
+from harness.split import Split, make_split
 
 BOM = "\ufeff"
 BABE_HEADER = "text;news_link;outlet;topic;type;label_bias;label_opinion;biased_words"
@@ -545,7 +544,7 @@ def test_unsupported_format_refused_before_reading(
     def no_read(path: Path) -> bytes:
         raise AssertionError(f"{path} was read")
 
-    monkeypatch.setattr(data, "_read_bytes", no_read)
+    monkeypatch.setattr(data, "read_bytes", no_read)
     path = write(tmp_path / "d.xlsx", "text,label\n")
     with pytest.raises(HarnessError, match=r"Excel workbook\); harness reads \.csv"):
         load_dataset(str(path), delimiter=",")

@@ -11,17 +11,15 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.figures import (
-    Figure,
-    ScoredRun,
     forest_plot,
     head_heatmap,
     heatmap_comparison,
     optimization_history,
     param_importances,
     validation_curves,
-    write_report_md,
 )
 from harness.metrics import PairedResult
+from harness.report_md import Figure, ScoredRun, write_report_md
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -17,10 +17,12 @@ import torch
 
 import harness.finetune as ft
 from harness.attention import extract_attention, tokenize
-from harness.data import load_dataset, make_split
+from harness.data import load_dataset
 from harness.encoder import load_encoder
 from harness.errors import HarnessError
+from harness.finetune_split import finetune_data, leak_check
 from harness.metrics import compute_metrics
+from harness.split import make_split
 from tests.conftest import write_synthetic_csv
 
 # a learning rate that moves a tiny random BERT visibly within two epochs
@@ -99,12 +101,12 @@ def test_intermediary_file_trains_on_its_rows_minus_a_validation_slice(
     dataset, split = study
     other = write_synthetic_csv(tmp_path / "other.csv", n=80, seed=7)
     clean = load_dataset(str(other))
-    ft.leak_check(clean.texts, [dataset.texts[i] for i in [*split.val, *split.test]])  # clean
+    leak_check(clean.texts, [dataset.texts[i] for i in [*split.val, *split.test]])  # clean
     base = load_encoder(str(tiny_bert))
     seen = record_training_inputs(monkeypatch)
     settings = ft.FinetuneSettings(epochs=1, lr=1e-3, batch_size=16, max_len=32, data=str(other))
     result = ft.finetune_encoder(base, settings, dataset, split, cache_dir=tmp_path, progress=False)
-    data = ft.finetune_data(settings, dataset, split)
+    data = finetune_data(settings, dataset, split)
     assert result.record["data"]["n_val"] == len(data.val) == 8  # 10 % of each class
     assert not set(data.train) & set(data.val)
     assert Counter(seen) == Counter(as_tokens(base, [clean.texts[i] for i in data.train]))
@@ -132,10 +134,10 @@ def test_leak_check_refuses_shared_sentences_and_names_the_count(tiny_bert, stud
 
 
 def test_leak_check_is_exact_after_whitespace_only():
-    ft.leak_check(["The Senate voted."], ["the senate voted."])  # case-sensitive: no leak
-    ft.leak_check(["The Senate voted"], ["The Senate voted."])
+    leak_check(["The Senate voted."], ["the senate voted."])  # case-sensitive: no leak
+    leak_check(["The Senate voted"], ["The Senate voted."])
     with pytest.raises(HarnessError, match="shares 1 sentence"):
-        ft.leak_check(["The  Senate\nvoted. "], ["The Senate voted.", "Other."])
+        leak_check(["The  Senate\nvoted. "], ["The Senate voted.", "Other."])
 
 
 def test_second_call_reuses_the_cached_encoder_without_training(
@@ -159,8 +161,8 @@ def test_second_call_reuses_the_cached_encoder_without_training(
     assert again.encoder.fingerprint == finetuned.encoder.fingerprint
     # other settings are another encoder: the key covers them
     other = ft.FinetuneSettings(epochs=2, lr=2e-3, batch_size=16, max_len=32)
-    assert ft.finetune_key(again.encoder, ft.finetune_data(other, dataset, split), other) != (
-        ft.finetune_key(again.encoder, ft.finetune_data(SETTINGS, dataset, split), SETTINGS)
+    assert ft.finetune_key(again.encoder, finetune_data(other, dataset, split), other) != (
+        ft.finetune_key(again.encoder, finetune_data(SETTINGS, dataset, split), SETTINGS)
     )
 
 
@@ -258,7 +260,7 @@ def test_path_of_data_file_is_not_part_of_the_key(tmp_path, study, tiny_bert):
     b.write_bytes(a.read_bytes())
     base = load_encoder(str(tiny_bert))
     keys = {
-        ft.finetune_key(base, ft.finetune_data(s, dataset, split), s)
+        ft.finetune_key(base, finetune_data(s, dataset, split), s)
         for s in (ft.FinetuneSettings(data=str(a)), ft.FinetuneSettings(data=str(b)))
     }
     assert len(keys) == 1

@@ -19,9 +19,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import harness.finetune as ft
-from harness.data import load_dataset, make_split
+from harness.data import load_dataset
 from harness.encoder import load_encoder
 from harness.errors import HarnessError
+from harness.split import make_split
 from harness.study import run_study
 from harness.tracking import RunReader
 from tests.conftest import write_synthetic_csv

@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from harness import attention
 from harness.attention import cache_key, extract_attention
+from harness.attention_cache import AttentionCache
 from harness.config import load_config
 from harness.encoder import load_encoder
 from harness.errors import HarnessError
@@ -94,7 +95,7 @@ def texts(workspace) -> list[str]:
     return [line.split(",")[0] for line in lines]
 
 
-def _extract(encoder, texts: list[str], cache_dir: Path) -> attention.AttentionCache:
+def _extract(encoder, texts: list[str], cache_dir: Path) -> AttentionCache:
     return extract_attention(
         encoder, texts, max_len=MAX_LEN, batch_size=16, cache_dir=cache_dir, progress=False
     )

@@ -17,7 +17,7 @@ from harness.config import parse_study
 from harness.encoder import load_encoder
 from harness.errors import HarnessError
 from harness.features import FeatureSpec, parse_heads
-from harness.space import Top
+from harness.selection import Top
 from harness.study import run_study
 from tests.conftest import study_yaml, write_synthetic_csv
 

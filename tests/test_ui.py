@@ -149,7 +149,7 @@ def test_ui_serves_the_store_on_loopback_and_stops_its_whole_group(store, tmp_pa
 
 def test_ui_on_another_host_warns_that_it_has_no_login(store, monkeypatch, capsys):
     served = []
-    monkeypatch.setattr("harness.cli._serve", lambda cmd, what: served.append(cmd) or 0)
+    monkeypatch.setattr("harness.serve._serve", lambda cmd, what: served.append(cmd) or 0)
     uri = f"sqlite:///{store}/mlflow.db"
     assert main(["ui", "--host", "0.0.0.0", "--port", "5123", "--tracking-uri", uri]) == 0
     out, err = capsys.readouterr()
@@ -161,7 +161,7 @@ def test_ui_on_another_host_warns_that_it_has_no_login(store, monkeypatch, capsy
 
 
 def test_ui_on_loopback_does_not_warn(store, monkeypatch, capsys):
-    monkeypatch.setattr("harness.cli._serve", lambda cmd, what: 0)
+    monkeypatch.setattr("harness.serve._serve", lambda cmd, what: 0)
     assert main(["ui", "--tracking-uri", f"sqlite:///{store}/mlflow.db"]) == 0
     assert capsys.readouterr().err == ""
 

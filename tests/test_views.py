@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from harness import view_cache
-from harness.attention import AttentionCache, extract_attention, iter_attention
+from harness.attention import extract_attention, iter_attention
+from harness.attention_cache import AttentionCache
 from harness.encoder import Encoder, load_encoder
 from harness.errors import HarnessError
 from harness.view_cache import ViewCache, open_view
