@@ -33,14 +33,23 @@ def test_printed_link_opens_the_runs_table_with_trials_under_the_parent(tmp_path
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
                 page.goto(link)
-                _check_runs_table(page, expect, tmp_path / "runs-table.png")
+                _check_runs_table(page, expect, tmp_path / "runs-table.png", _count_runs(store))
             finally:
                 browser.close()
     finally:
         stop(proc)
 
 
-def _check_runs_table(page, expect, screenshot: Path) -> None:
+def _count_runs(store: Path) -> int:
+    """Runs of the study's experiment: the parent, its trials and its baselines."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store}/mlflow.db")
+    experiment = client.get_experiment_by_name("browse")
+    return len(client.search_runs([experiment.experiment_id]))
+
+
+def _check_runs_table(page, expect, screenshot: Path, n_runs: int) -> None:
     """The model-training runs table: the parent run ``browse`` alone until it is
     expanded, then ``trial-0`` and ``trial-1`` indented beneath it."""
     name_cells = page.locator('[role="gridcell"][col-id="attributes.`Run Name`"]')
@@ -48,7 +57,7 @@ def _check_runs_table(page, expect, screenshot: Path) -> None:
     expect(parent).to_be_visible(timeout=60_000)
     expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible()
     assert "/runs" in page.url and "workflowType=machine_learning" in page.url
-    expect(page.get_by_text("3 matching runs")).to_be_visible()
+    expect(page.get_by_text(f"{n_runs} matching runs")).to_be_visible()
     trials = [page.get_by_role("link", name=f"trial-{i}", exact=True) for i in (0, 1)]
     for trial in trials:
         expect(trial).to_have_count(0)  # nested: hidden while the parent is collapsed
