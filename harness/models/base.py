@@ -80,6 +80,27 @@ class Model(Protocol):
     def load(cls, directory: Path, config: dict) -> Model: ...
 
 
+def one_pass_result(
+    model: Model,
+    inputs: Any,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    on_epoch: EpochCallback | None = None,
+) -> FitResult:
+    """The curve of a model fitted in one pass (no epochs): the training log-loss and the
+    validation AUC of the fitted model, reported as epoch 0."""
+    from harness.metrics import compute_metrics
+
+    p = np.clip(model.predict_proba(inputs, train_idx).astype(np.float64), 1e-7, 1 - 1e-7)
+    y = labels[train_idx]
+    loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    val_auc = compute_metrics(labels[val_idx], model.predict_proba(inputs, val_idx))["auc"]
+    if on_epoch is not None:
+        on_epoch(0, loss, val_auc)
+    return FitResult(0, val_auc, [{"epoch": 0, "train_loss": loss, "val_auc": val_auc}])
+
+
 def write_model(model: Model, directory: Path, settings: dict, weights: bytes) -> None:
     """The common part of every ``save``: config.json (with format, kind, version and
     inputs recipe) and the safetensors bytes the kind serialised."""

@@ -15,8 +15,8 @@ import numpy as np
 import safetensors.numpy
 
 from harness.embeddings import EmbeddingInputs
-from harness.models.base import WEIGHTS_FILE, EpochCallback, FitResult, write_model
-from harness.models.text import C_GRID, fit_logistic, log_loss, sigmoid
+from harness.models.base import WEIGHTS_FILE, EpochCallback, FitResult, one_pass_result, write_model
+from harness.models.text import C_GRID, fit_logistic, sigmoid
 
 
 class EmbeddingModel:
@@ -54,12 +54,9 @@ class EmbeddingModel:
         self.mean, sd = train.mean(axis=0), train.std(axis=0)
         self.sd = np.where(sd > 0, sd, 1.0)
         x = self._scaled(inputs)
-        fitted, self.c, val_auc, _ = fit_logistic(x, labels, train_idx, val_idx, self.grid)
+        fitted, self.c, _, _ = fit_logistic(x, labels, train_idx, val_idx, self.grid)
         self.coef, self.intercept = fitted.coef_[0].copy(), fitted.intercept_.copy()
-        loss = log_loss(labels[train_idx], self.predict_proba(inputs, train_idx))
-        if on_epoch is not None:
-            on_epoch(0, loss, val_auc)
-        return FitResult(0, val_auc, [{"epoch": 0, "train_loss": loss, "val_auc": val_auc}])
+        return one_pass_result(self, inputs, labels, train_idx, val_idx, on_epoch)
 
     def predict_proba(self, inputs: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
         if self.coef is None:

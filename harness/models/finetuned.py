@@ -76,6 +76,6 @@ class FinetunedModel:
         ref = config["encoder"]
         folder = local_encoder(ref["fingerprint"], ref["run_id"])
         model = cls(folder, ref, config.get("positive_label"))
-        head = safetensors.torch.load(Path(directory, "weights.safetensors").read_bytes())
+        head = safetensors.torch.load_file(str(Path(directory, "weights.safetensors")))
         model.classifier.model.load_state_dict(head, strict=False)
         return model

@@ -15,8 +15,7 @@ import safetensors.numpy
 from sklearn.linear_model import LogisticRegression
 
 from harness.inputs import TextInputs
-from harness.metrics import compute_metrics
-from harness.models.base import EpochCallback, FitResult, write_model
+from harness.models.base import EpochCallback, FitResult, one_pass_result, write_model
 
 
 def word_counts(texts: list[str]) -> np.ndarray:
@@ -56,13 +55,7 @@ class LengthModel:
             self._scaled(inputs, train_idx), labels[train_idx]
         )
         self.coef, self.intercept = fitted.coef_[0].copy(), fitted.intercept_.copy()
-        p_train = self.predict_proba(inputs, train_idx).clip(1e-7, 1 - 1e-7)
-        y = labels[train_idx]
-        loss = float(-np.mean(y * np.log(p_train) + (1 - y) * np.log(1 - p_train)))
-        val_auc = compute_metrics(labels[val_idx], self.predict_proba(inputs, val_idx))["auc"]
-        if on_epoch is not None:
-            on_epoch(0, loss, val_auc)
-        return FitResult(0, val_auc, [{"epoch": 0, "train_loss": loss, "val_auc": val_auc}])
+        return one_pass_result(self, inputs, labels, train_idx, val_idx, on_epoch)
 
     def predict_proba(self, inputs: list[str], idx: np.ndarray | None = None) -> np.ndarray:
         if self.coef is None:

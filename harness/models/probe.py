@@ -19,8 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from harness.inputs import AttentionInputs, inputs_from_dict
-from harness.metrics import compute_metrics
-from harness.models.base import EpochCallback, FitResult, write_model
+from harness.models.base import EpochCallback, FitResult, one_pass_result, write_model
 from harness.models.catalog import ProbeSpec
 from harness.threads import train_threads
 
@@ -65,13 +64,7 @@ class LinearProbe:
                 self._scaled(x, train_idx), labels[train_idx]
             )
         self.state["coef"], self.state["intercept"] = fitted.coef_[0], fitted.intercept_
-        p = self.predict_proba(inputs, train_idx).astype(np.float64).clip(1e-7, 1 - 1e-7)
-        y = labels[train_idx]
-        loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-        val_auc = compute_metrics(labels[val_idx], self.predict_proba(inputs, val_idx))["auc"]
-        if on_epoch is not None:
-            on_epoch(0, loss, val_auc)
-        return FitResult(0, val_auc, [{"epoch": 0, "train_loss": loss, "val_auc": val_auc}])
+        return one_pass_result(self, inputs, labels, train_idx, val_idx, on_epoch)
 
     def predict_proba(
         self, inputs: tuple[np.ndarray, np.ndarray], idx: np.ndarray | None = None

@@ -288,7 +288,7 @@ class ReaderModel:
         spec = spec_from_dict(config["classifier"])
         model = cls(spec, inputs, positive_label=config.get("positive_label"))
         model.module = model._build()
-        state = safetensors.torch.load(Path(directory, "weights.safetensors").read_bytes())
+        state = safetensors.torch.load_file(str(Path(directory, "weights.safetensors")))
         model.module.load_state_dict(state)
         model.module.eval()
         return model

@@ -22,18 +22,13 @@ from threadpoolctl import threadpool_limits
 
 from harness.inputs import TextInputs
 from harness.metrics import compute_metrics
-from harness.models.base import WEIGHTS_FILE, EpochCallback, FitResult, write_model
+from harness.models.base import WEIGHTS_FILE, EpochCallback, FitResult, one_pass_result, write_model
 
 #: inverse regularisation strengths tried; the one with the best validation AUC is kept
 C_GRID: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 VOCABULARY_FILE = "vocabulary.json"
 #: word 1-2 grams seen in at least this many training sentences
 MIN_DF = 2
-
-
-def log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
-    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
-    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
 
 def fit_logistic(
@@ -86,11 +81,7 @@ class MajorityModel:
         on_epoch: EpochCallback | None = None,
     ) -> FitResult:
         self.rate = np.array([labels[train_idx].mean()], dtype=np.float64)
-        loss = log_loss(labels[train_idx], self.predict_proba(inputs, train_idx))
-        val_auc = compute_metrics(labels[val_idx], self.predict_proba(inputs, val_idx))["auc"]
-        if on_epoch is not None:
-            on_epoch(0, loss, val_auc)
-        return FitResult(0, val_auc, [{"epoch": 0, "train_loss": loss, "val_auc": val_auc}])
+        return one_pass_result(self, inputs, labels, train_idx, val_idx, on_epoch)
 
     def predict_proba(self, inputs: list[str], idx: np.ndarray | None = None) -> np.ndarray:
         if self.rate is None:
@@ -151,12 +142,9 @@ class TfidfModel:
         df = np.asarray((counter.transform(train_texts) > 0).sum(axis=0)).ravel()
         self.idf = np.log((1 + len(train_texts)) / (1 + df)) + 1.0
         x = self.transform(inputs)
-        fitted, self.c, val_auc, _ = fit_logistic(x, labels, train_idx, val_idx, self.grid)
+        fitted, self.c, _, _ = fit_logistic(x, labels, train_idx, val_idx, self.grid)
         self.coef, self.intercept = fitted.coef_[0].copy(), fitted.intercept_.copy()
-        loss = log_loss(labels[train_idx], self.predict_proba(inputs, train_idx))
-        if on_epoch is not None:
-            on_epoch(0, loss, val_auc)
-        return FitResult(0, val_auc, [{"epoch": 0, "train_loss": loss, "val_auc": val_auc}])
+        return one_pass_result(self, inputs, labels, train_idx, val_idx, on_epoch)
 
     def predict_proba(self, inputs: list[str], idx: np.ndarray | None = None) -> np.ndarray:
         if self.coef is None:
