@@ -163,6 +163,7 @@ def row_pruning(ctx: Context) -> list[Row]:
 FIXED_SEARCH = {
     "layers": list(LAYERS),
     "heads": "all",
+    "view": "rows",
     "reducer": "sum",
     "lr": 1.0e-3,
     "classifier": {"gru": {"hidden_size": 64, "bidirectional": True}},
