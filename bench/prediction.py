@@ -1,4 +1,4 @@
-"""Row 10: scoring a file (``harness predict --input``: chunks, length-sorted encoder
+"""Row 12: scoring a file (``harness predict --input``: chunks, length-sorted encoder
 batches) against calling ``predict_proba`` one sentence at a time, on MiniLM."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from bench.common import LAYERS, MAX_LEN, Context, Row, interleaved, log, ratio
 from harness.batch import predict_texts
 from harness.features import FeatureSpec
 from harness.inputs import AttentionInputs
-from harness.models.reader import ClassifierSpec, ReaderModel
+from harness.models.catalog import ClassifierSpec
+from harness.models.reader import ReaderModel
 from harness.predict import LoadedRun
 from harness.train import TrainSettings
 
@@ -19,7 +20,11 @@ def _run(ctx: Context) -> LoadedRun:
     """A bi-GRU 64 on layers 3,4,5 (sum), fitted for one epoch on 400 rows: its speed does
     not depend on how well it learned."""
     inputs = AttentionInputs(
-        FeatureSpec(LAYERS, None, "sum"), "minilm", ctx.encoder.fingerprint, MAX_LEN
+        FeatureSpec(LAYERS, None, "sum"),
+        "minilm",
+        ctx.encoder.fingerprint,
+        MAX_LEN,
+        ctx.cache.num_heads,
     )
     spec = ClassifierSpec(kind="gru", hidden_size=64, bidirectional=True)
     model = ReaderModel(spec, inputs, TrainSettings(epochs=1), ctx.dataset.positive_label)
