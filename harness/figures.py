@@ -59,7 +59,9 @@ def forest_plot(
     confidence: float = 0.95,
     chance: float | None = 0.5,
 ) -> Figure:
-    """Point and CI per run, trials above baselines, each block best first.
+    """Point and CI per run, trials above baselines. Trials keep the order given (the
+    study's, best validation AUC first: test is reported, not ranked on); baselines are
+    sorted by value.
 
     The numbers are printed beside each row: a reader of a paper's table wants them, and
     overlapping bars are easy to misread (only the paired differences say which is better).
@@ -67,7 +69,7 @@ def forest_plot(
     title = f"{metric} with {100 * confidence:g} % CIs"
     if not rows:
         return Figure(title=title, path=None, note="no runs to plot")
-    trials = sorted((r for r in rows if not r.baseline), key=lambda r: -np.nan_to_num(r.value))
+    trials = [r for r in rows if not r.baseline]
     baselines = sorted((r for r in rows if r.baseline), key=lambda r: -np.nan_to_num(r.value))
     ordered = trials + baselines
     fig, ax = plt.subplots(figsize=(7.5, 1.0 + 0.38 * len(ordered)))
