@@ -5,12 +5,65 @@ from __future__ import annotations
 import os
 import shutil
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from harness.encoder import resolve_encoder_path
+
+#: the PostgreSQL server the scale-out, chaos and read-only tests use (trust auth)
+POSTGRES = os.environ.get("HARNESS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def throwaway_databases(*roles: str) -> Iterator[dict[str, str]]:
+    """Fresh PostgreSQL databases, one per role (``{role: URL}``), dropped afterwards even
+    if their users still hold connections; a server that does not answer fails the test."""
+    import uuid
+
+    import psycopg2
+
+    try:
+        admin = psycopg2.connect(POSTGRES, connect_timeout=10)
+    except psycopg2.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES} (set HARNESS_TEST_POSTGRES): {exc}")
+    admin.autocommit = True
+    run = uuid.uuid4().hex[:10]
+    names = {role: f"harness_test_{run}_{role}" for role in roles}
+    server = POSTGRES.rsplit("/", 1)[0]
+    try:
+        with admin.cursor() as cur:
+            for name in names.values():
+                cur.execute(f'CREATE DATABASE "{name}"')
+        yield {role: f"{server}/{name}" for role, name in names.items()}
+    finally:
+        with admin.cursor() as cur:
+            for name in names.values():
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def table_count(url: str) -> int:
+    """Tables in the public schema of a PostgreSQL database."""
+    import psycopg2
+
+    with psycopg2.connect(url, connect_timeout=10) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema='public'")
+        count = cur.fetchone()[0]
+    conn.close()
+    return count
 
 
 def wait_until_healthy(url: str, proc, timeout: float) -> bool:

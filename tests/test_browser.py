@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_until_healthy
-from tests.test_ui import free_port, make_store, start, stop, wait_for_line
+from tests.conftest import free_port, wait_until_healthy
+from tests.test_ui import make_store, start, stop, wait_for_line
 
 #: Playwright cannot download its own browser here; .ci/run installs this one with apt-get
 CHROMIUM = Path("/usr/bin/chromium")

@@ -18,12 +18,10 @@ import csv
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,9 +37,14 @@ from optuna.trial import TrialState
 from harness import load_run
 from harness.preflight import MLFLOW_RETRY_ENV
 from harness.storage import sqlalchemy_url
-from tests.conftest import study_yaml, wait_until_healthy, write_synthetic_csv
+from tests.conftest import (
+    free_port,
+    study_yaml,
+    throwaway_databases,
+    wait_until_healthy,
+    write_synthetic_csv,
+)
 
-POSTGRES = os.environ.get("HARNESS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 N_TRIALS = 30
 N_WORKERS = 3
 SEED = 2024
@@ -65,39 +68,15 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def databases() -> Iterator[dict[str, str]]:
     """Fresh databases for Optuna and for MLflow's backend store; dropped afterwards."""
-    import psycopg2
-
-    try:
-        admin = psycopg2.connect(POSTGRES, connect_timeout=10)
-    except psycopg2.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES} (set HARNESS_TEST_POSTGRES): {exc}")
-    admin.autocommit = True
-    run = uuid.uuid4().hex[:10]
-    names = {role: f"harness_test_{run}_chaos_{role}" for role in ("optuna", "mlflow")}
-    server = POSTGRES.rsplit("/", 1)[0]
-    try:
-        with admin.cursor() as cur:
-            for name in names.values():
-                cur.execute(f'CREATE DATABASE "{name}"')
-        yield {role: f"{server}/{name}" for role, name in names.items()}
-    finally:
-        with admin.cursor() as cur:
-            for name in names.values():
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    with throwaway_databases("chaos_optuna", "chaos_mlflow") as urls:
+        yield {"optuna": urls["chaos_optuna"], "mlflow": urls["chaos_mlflow"]}
 
 
 class MlflowServer:
     """``mlflow server`` on one loopback port, which can be stopped and started again."""
 
     def __init__(self, backend: str, folder: Path):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.backend, self.folder = backend, folder
         self.proc: subprocess.Popen | None = None

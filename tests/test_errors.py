@@ -17,7 +17,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from harness.cli import main
-from tests.conftest import study_yaml, write_synthetic_csv
+from tests.conftest import study_yaml, table_count, throwaway_databases, write_synthetic_csv
 
 #: the case of each category that runs the CLI in a real subprocess
 IN_SUBPROCESS = {
@@ -772,35 +771,12 @@ def test_predict_from_an_unreachable_tracking_server(cli, tmp_path, run_id):
 
 # --- read-only commands on a database create nothing there (issue 12) ---------------
 
-POSTGRES = os.environ.get("HARNESS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-
 
 @pytest.fixture
 def empty_db() -> Iterator[str]:
     """A throwaway PostgreSQL database with no tables, dropped afterwards."""
-    import psycopg2
-
-    admin = psycopg2.connect(POSTGRES, connect_timeout=10)
-    admin.autocommit = True
-    name = f"harness_test_{uuid.uuid4().hex[:10]}_empty"
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        yield f"{POSTGRES.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-def n_tables(url: str) -> int:
-    import psycopg2
-
-    with psycopg2.connect(url, connect_timeout=10) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema='public'")
-        count = cur.fetchone()[0]
-    conn.close()
-    return count
+    with throwaway_databases("empty") as urls:
+        yield urls["empty"]
 
 
 @pytest.mark.parametrize(
@@ -823,4 +799,4 @@ def test_reading_an_empty_database_creates_no_tables(cli, tmp_path, empty_db, ar
     before = tree(tmp_path)
     result = cli(*(arg.format(db=empty_db) for arg in argv))
     assert_user_error(result, phrases, tmp_path, before)
-    assert n_tables(empty_db) == 0, "a read-only command created tables"
+    assert table_count(empty_db) == 0, "a read-only command created tables"

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.predict import load_run
 from harness.study import run_study
-from tests.conftest import study_yaml, write_synthetic_csv
+from tests.conftest import free_port, study_yaml, write_synthetic_csv
 
 TEXTS = ["officials said the city plan was announced", "an outrageous scandal of the week"]
 
@@ -80,15 +79,9 @@ def test_pyfunc_from_code_predicts_what_load_run_predicts(study, tracking):
     assert len(outputs) == 1 and client.get_logged_model(outputs[0].model_id).name == "model"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_a_rest_call(study, tracking):
     _, _, summary, uri, _ = study
-    run_id, port = summary.rows[0]["run_id"], _free_port()
+    run_id, port = summary.rows[0]["run_id"], free_port()
     bin_dir = os.path.dirname(sys.executable)
     mlflow_bin = os.path.join(bin_dir, "mlflow")
     # the server runs ``uvicorn`` by name: the environment's bin folder must be on PATH

@@ -10,11 +10,9 @@ file; both fail for root and for everyone else alike.
 from __future__ import annotations
 
 import http.server
-import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,8 +31,8 @@ from harness.preflight import (
     storage_exists,
 )
 from harness.storage import sqlalchemy_url
+from tests.conftest import POSTGRES, table_count, throwaway_databases
 
-POSTGRES = os.environ.get("HARNESS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 SERVER = POSTGRES.rsplit("/", 1)[0]
 
 
@@ -123,29 +121,8 @@ def test_writable_file(tmp_path, blocker):
 @pytest.fixture
 def database() -> Iterator[str]:
     """A throwaway PostgreSQL database, dropped afterwards."""
-    import psycopg2
-
-    admin = psycopg2.connect(POSTGRES, connect_timeout=10)
-    admin.autocommit = True
-    name = f"harness_test_{uuid.uuid4().hex[:10]}_preflight"
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        yield f"{SERVER}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-def table_count(url: str) -> int:
-    import psycopg2
-
-    with psycopg2.connect(url, connect_timeout=10) as conn, conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema='public'")
-        count = cur.fetchone()[0]
-    conn.close()
-    return count
+    with throwaway_databases("preflight") as urls:
+        yield urls["preflight"]
 
 
 def test_storage_sqlite_through_a_file(blocker):

@@ -13,11 +13,9 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,49 +29,29 @@ from optuna.trial import TrialState
 from harness import load_run
 from harness.storage import make_storage, sqlalchemy_url
 from harness.workers import PARENT_ATTR
-from tests.conftest import study_yaml, wait_until_healthy, write_synthetic_csv
+from tests.conftest import (
+    free_port,
+    study_yaml,
+    throwaway_databases,
+    wait_until_healthy,
+    write_synthetic_csv,
+)
 
-POSTGRES = os.environ.get("HARNESS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 N_TRIALS = 4
 
 
 @pytest.fixture
 def databases() -> Iterator[dict[str, str]]:
-    """Two fresh databases, one for Optuna and one for MLflow's backend store; dropped
-    afterwards even if their users still hold connections."""
-    import psycopg2
-
-    try:
-        admin = psycopg2.connect(POSTGRES, connect_timeout=10)
-    except psycopg2.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES} (set HARNESS_TEST_POSTGRES): {exc}")
-    admin.autocommit = True
-    run = uuid.uuid4().hex[:10]
-    names = {role: f"harness_test_{run}_{role}" for role in ("optuna", "mlflow")}
-    server = POSTGRES.rsplit("/", 1)[0]
-    try:
-        with admin.cursor() as cur:
-            for name in names.values():
-                cur.execute(f'CREATE DATABASE "{name}"')
-        yield {role: f"{server}/{name}" for role, name in names.items()}
-    finally:
-        with admin.cursor() as cur:
-            for name in names.values():
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """Two fresh databases, one for Optuna and one for MLflow's backend store."""
+    with throwaway_databases("optuna", "mlflow") as urls:
+        yield urls
 
 
 @pytest.fixture
 def mlflow_server(databases, tmp_path) -> Iterator[str]:
     """``mlflow server`` on a free loopback port, answering /health; stopped afterwards
     with all its processes (it runs in a session of its own)."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(tmp_path / "mlflow-server.log", "w")  # noqa: SIM115 (closed below)
     server = subprocess.Popen(

@@ -18,13 +18,7 @@ import psutil
 import pytest
 
 from harness.cli import main
-from tests.conftest import study_yaml, wait_until_healthy, write_synthetic_csv
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port, study_yaml, wait_until_healthy, write_synthetic_csv
 
 
 def listeners(port: int) -> list[str]:
