@@ -29,7 +29,7 @@ from bench.studies import row_parallel, row_pruning
 from bench.sweep import row_sweep
 from bench.training import row_training
 from bench.views import row_views
-from harness.threads import extraction_threads, train_threads
+from harness.core.runtime import extraction_threads, train_threads
 
 ROWS: dict[int, Callable[[Context], list[Row]]] = {
     1: row_extraction,

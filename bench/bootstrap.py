@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.common import Context, Row, interleaved, log, ratio
-from harness.metrics import METRICS, bootstrap_ci, bootstrap_ci_reference, bootstrap_indices
+from harness.stats.metrics import METRICS, bootstrap_ci, bootstrap_ci_reference, bootstrap_indices
 
 N = 735  # BABE's test split
 RESAMPLES = 1000

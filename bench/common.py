@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from harness.attention import extract_attention
-from harness.attention_cache import AttentionCache
-from harness.data import Dataset, load_dataset
-from harness.encoder import Encoder, load_encoder
-from harness.split import Split, make_split
+from harness.attention.cache import AttentionCache
+from harness.attention.extract import extract_attention
+from harness.data.datasets import Dataset, load_dataset
+from harness.data.split import Split, make_split
+from harness.encoders.load import Encoder, load_encoder
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LEN = 80

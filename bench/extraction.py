@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from bench.common import MAX_LEN, Context, Row, interleaved, log, ratio, rng_subset
-from harness.attention import extract_attention, length_sorted_batches, tokenize
-from harness.encoder import Encoder
-from harness.threads import extraction_threads, num_threads
+from harness.attention.extract import extract_attention
+from harness.core.runtime import extraction_threads, num_threads
+from harness.encoders.load import Encoder, length_sorted_batches, tokenize
 
 SUBSET = 600
 #: batch 1 is slow: its throughput is measured on a quarter of the subset

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import LAYERS, Context, Row, interleaved, log, ratio
-from harness.attention_cache import AttentionCache
+from harness.attention.cache import AttentionCache
 
 
 def padded_layer_files(ctx: Context, cache: AttentionCache) -> list[Path]:

@@ -14,10 +14,11 @@ import time
 import numpy as np
 
 from bench.common import MAX_LEN, Context, Row, log, ratio, rng_subset
-from harness.attention import tokenize
-from harness.finetune import FinetuneSettings, build_model
-from harness.finetune_loop import make_optimizer, train_batches, train_epoch
-from harness.threads import extraction_threads, num_threads
+from harness.core.runtime import extraction_threads, num_threads
+from harness.encoders.finetune import build_model
+from harness.encoders.finetune_loop import make_optimizer, train_batches, train_epoch
+from harness.encoders.load import tokenize
+from harness.studyfile.schema import FinetuneConfig
 
 BATCH_SIZE = 32
 
@@ -26,7 +27,7 @@ def timed_epoch(ctx: Context, ids, batches: list[np.ndarray], pad_to: int | None
     """Wall seconds of one training pass over ``batches`` from fresh MiniLM weights (the
     model is built before the clock starts)."""
     model = build_model(ctx.encoder, ctx.dataset.positive_label, seed=0)
-    optimizer, scheduler = make_optimizer(model, FinetuneSettings(), steps=len(batches))
+    optimizer, scheduler = make_optimizer(model, FinetuneConfig(), steps=len(batches))
     pad_id = ctx.encoder.tokenizer.pad_token_id or 0
     start = time.perf_counter()
     train_epoch(model, optimizer, scheduler, ids, ctx.dataset.labels, batches, pad_id, pad_to)

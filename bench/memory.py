@@ -15,9 +15,8 @@ from bench.common import (
     peak_rss_bytes,
     write_study,
 )
-from harness.attention import tokenize
-from harness.data import load_dataset
-from harness.encoder import resolve_encoder_path
+from harness.data.datasets import load_dataset
+from harness.encoders.load import resolve_encoder_path, tokenize
 
 #: sentences of the BERT-base measurement without --full (see row_memory)
 BERT_BASE_SUBSET = 600

@@ -4,13 +4,12 @@ batches) against calling ``predict_proba`` one sentence at a time, on MiniLM."""
 from __future__ import annotations
 
 from bench.common import LAYERS, MAX_LEN, Context, Row, interleaved, log, ratio
-from harness.batch import predict_texts
-from harness.features import FeatureSpec
-from harness.inputs import AttentionInputs
-from harness.models.catalog import ClassifierSpec
+from harness.models.inputs import AttentionInputs
 from harness.models.reader import ReaderModel
-from harness.predict import LoadedRun
-from harness.train import TrainSettings
+from harness.models.train import TrainSettings
+from harness.studyfile.specs import ClassifierSpec, FeatureSpec
+from harness.tracking.predict import predict_texts
+from harness.tracking.predict import LoadedRun
 
 N_BATCH = 1000
 N_SINGLE = 200

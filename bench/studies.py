@@ -15,9 +15,9 @@ import yaml
 from optuna.trial import TrialState
 
 from bench.common import LAYERS, ROOT, Context, Row, harness_cli, log, ratio, run_child, write_study
-from harness.storage import make_storage
-from harness.study import run_study
-from harness.threads import num_threads, train_threads
+from harness.core.runtime import num_threads, train_threads
+from harness.study.study import run_study
+from harness.tracking.storage import make_storage
 
 QUICK_STUDY = ROOT / "studies" / "babe-quick.yaml"
 

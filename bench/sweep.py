@@ -12,11 +12,10 @@ import numpy as np
 
 from bench.common import Context, Row, interleaved, log, ratio
 from bench.views import loop_stats
-from harness.features import FeatureSpec
-from harness.inputs import AttentionInputs
-from harness.models.catalog import ProbeSpec
+from harness.models.inputs import AttentionInputs
 from harness.models.probe import LinearProbe
-from harness.sweep import SweepSettings, sweep_heads
+from harness.study.sweep import SweepSettings, sweep_heads
+from harness.studyfile.specs import FeatureSpec, ProbeSpec
 
 TARGET_S = 60.0
 

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from bench.common import LAYERS, MAX_LEN, Context, Row, log, ratio
-from harness.models.catalog import ClassifierSpec
+from harness.core.runtime import num_threads, train_threads
 from harness.models.reader import build_classifier
-from harness.threads import num_threads, train_threads
-from harness.train import TrainSettings, train
+from harness.models.train import TrainSettings, train
+from harness.studyfile.specs import ClassifierSpec
 
 #: one reader of each kind, sized like babe-quick's (the GRU as the seed notebook's)
 READERS = {

@@ -12,10 +12,9 @@ import time
 import numpy as np
 
 from bench.common import Context, Row, interleaved, log, ratio, run_child
-from harness import view_cache
-from harness.attention_cache import AttentionCache
-from harness.view_cache import open_view
-from harness.views import view_size
+from harness.attention import cache as view_cache
+from harness.attention.cache import AttentionCache, open_view
+from harness.attention.views import view_size
 
 W = 3
 #: sentences on which the loop's and the view's features are compared
@@ -25,8 +24,8 @@ GB = 1e9
 #: a fresh process: open the cache, drop its stored view, compute it again; print VmHWM
 PEAK_CHILD = """
 import shutil, sys
-from harness.attention_cache import AttentionCache
-from harness.view_cache import open_view
+from harness.attention.cache import AttentionCache
+from harness.attention.cache import open_view
 cache = AttentionCache(sys.argv[1])
 shutil.rmtree(cache.path / "views", ignore_errors=True)
 before = [l for l in open("/proc/self/status") if l.startswith("VmRSS:")][0].split()[1]

@@ -7,29 +7,25 @@ importing torch, MLflow and Optuna.
 
 import os
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-# OpenMP threads that wait must sleep, not spin (harness/threads.py says why). libgomp
+# OpenMP threads that wait must sleep, not spin (harness/core/runtime.py says why). libgomp
 # reads this once, when torch loads, so it is set before any harness module imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-try:  # one source: the package metadata (pyproject.toml)
-    __version__ = version("harness")
-except PackageNotFoundError:  # a source tree on sys.path that was never installed
-    __version__ = "0+unknown"
+from harness.core import __version__  # noqa: E402 (after OMP_WAIT_POLICY, which must come first)
 
 _EXPORTS = {
-    "AttentionCache": "harness.attention_cache",
-    "extract_attention": "harness.attention",
-    "Dataset": "harness.data",
-    "load_dataset": "harness.data",
-    "Split": "harness.split",
-    "make_split": "harness.split",
-    "load_encoder": "harness.encoder",
-    "HarnessError": "harness.errors",
-    "load_run": "harness.predict",
-    "run_study": "harness.study",
+    "AttentionCache": "harness.attention.cache",
+    "extract_attention": "harness.attention.extract",
+    "Dataset": "harness.data.datasets",
+    "load_dataset": "harness.data.datasets",
+    "Split": "harness.data.split",
+    "make_split": "harness.data.split",
+    "load_encoder": "harness.encoders.load",
+    "HarnessError": "harness.core.errors",
+    "load_run": "harness.tracking.predict",
+    "run_study": "harness.study.study",
 }
 
 __all__ = [
@@ -46,14 +42,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from harness.attention import extract_attention
-    from harness.attention_cache import AttentionCache
-    from harness.data import Dataset, load_dataset
-    from harness.encoder import load_encoder
-    from harness.errors import HarnessError
-    from harness.predict import load_run
-    from harness.split import Split, make_split
-    from harness.study import run_study
+    from harness.attention.cache import AttentionCache
+    from harness.attention.extract import extract_attention
+    from harness.core.errors import HarnessError
+    from harness.data.datasets import Dataset, load_dataset
+    from harness.data.split import Split, make_split
+    from harness.encoders.load import load_encoder
+    from harness.study.study import run_study
+    from harness.tracking.predict import load_run
 
 
 def __getattr__(name: str):

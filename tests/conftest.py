@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.encoder import resolve_encoder_path
+from harness.encoders.load import resolve_encoder_path
 
 #: the PostgreSQL server the scale-out, chaos and read-only tests use (trust auth)
 POSTGRES = os.environ.get("HARNESS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -86,8 +86,8 @@ def wait_until_healthy(url: str, proc, timeout: float) -> bool:
 
 @pytest.fixture
 def one_thread():
-    """Tiny models: a second OpenMP thread only adds waiting (see harness/threads.py)."""
-    from harness.threads import num_threads
+    """Tiny models: a second OpenMP thread only adds waiting (see harness/core/runtime.py)."""
+    from harness.core.runtime import num_threads
 
     with num_threads(1):
         yield

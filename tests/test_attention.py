@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness.attention import extract_attention, iter_attention, length_sorted_batches, tokenize
-from harness.attention_cache import AttentionCache, length_runs
-from harness.data import load_dataset
-from harness.encoder import Encoder, load_encoder
-from harness.errors import HarnessError
+from harness.attention.cache import AttentionCache
+from harness.attention.extract import extract_attention, iter_attention
+from harness.attention.views import length_runs
+from harness.core.errors import HarnessError
+from harness.data.datasets import load_dataset
+from harness.encoders.load import Encoder, length_sorted_batches, load_encoder, tokenize
 
 MAX_LEN = 32
 #: fp16 keeps 11 significant bits: probabilities in [0, 1] round by at most 2**-12
@@ -225,7 +226,7 @@ def test_features_reject_out_of_range_layers_and_heads(cache):
 
 def test_chunked_reading_gives_the_same_features(cache, monkeypatch):
     """Features built a few sentences at a time equal those built in one read."""
-    from harness import attention_cache
+    from harness.attention import cache as attention_cache
 
     want = cache.features([0, 1], [1, 2], "concat")[0].copy()
     fresh = AttentionCache(cache.path)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness.cli import main
-from harness.config import BASELINES
-from harness.metrics import METRICS
+from harness.cli.main import main
+from harness.stats.metrics import METRICS
+from harness.studyfile.schema import BASELINES
 from tests.conftest import study_yaml, write_synthetic_csv
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -47,7 +47,7 @@ def study(tmp_path_factory, tiny_bert):
 def test_each_baseline_is_one_child_run_with_trial_metrics_and_reloads(study):
     """Tag, run name, the trials' metric names and predictions; load_run rebuilds each
     baseline from its logged files and reproduces its logged test probabilities."""
-    from harness.predict import load_run
+    from harness.tracking.predict import load_run
 
     tmp, _, data, _ = study
     client, parent, baselines = _children(tmp, "base", "baseline")
@@ -121,7 +121,7 @@ def test_report_folder_holds_markdown_and_pngs(study, capsys):
 
 def test_report_draws_the_head_heatmap_of_a_logged_head_sweep(study, capsys):
     """The head sweep's contract: a child run tagged ``harness.role=probe`` with heads.csv."""
-    from harness.tracking import Tracker
+    from harness.tracking.runs import Tracker
 
     tmp, _, _, _ = study
     tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "base", str(tmp / "artifacts"))
@@ -211,7 +211,7 @@ def test_unknown_baseline_is_a_one_line_study_file_error(tmp_path, capsys):
 def test_study_best_shows_baselines_without_importing_torch(study):
     tmp, _, _, _ = study
     script = (
-        "import sys\nfrom harness.cli import main\ncode = main(sys.argv[1:])\n"
+        "import sys\nfrom harness.cli.main import main\ncode = main(sys.argv[1:])\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
         "print('CODE', code, 'HEAVY', ','.join(heavy) or '-')\n"
     )
@@ -227,8 +227,8 @@ def test_study_best_shows_baselines_without_importing_torch(study):
 def test_embeddings_are_pooled_during_extraction_and_reused(study, tiny_bert):
     """Extraction stored the mean-pooled embeddings in the attention entry; they equal a
     separate forward pass, and the baseline reads them instead of running the encoder."""
-    from harness.embeddings import EMBEDDINGS_FILE, cached_embeddings, mean_pooled
-    from harness.encoder import load_encoder
+    from harness.attention.embeddings import EMBEDDINGS_FILE, cached_embeddings, mean_pooled
+    from harness.encoders.load import load_encoder
 
     tmp, _, data, _ = study
     files = list((tmp / "cache").glob(f"*/{EMBEDDINGS_FILE}"))

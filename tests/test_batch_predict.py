@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 
-from harness.cli import main
-from harness.data import load_dataset
-from harness.predict import load_run
-from harness.study import run_study
+from harness.cli.main import main
+from harness.data.datasets import load_dataset
+from harness.study.study import run_study
+from harness.tracking.predict import load_run
 from tests.conftest import study_yaml, write_synthetic_csv
 
 
@@ -46,7 +46,7 @@ def test_scores_1000_babe_sentences(trained, babe_dir, capsys):
 
 
 def test_jsonl_input_and_chunking_give_the_same_scores(trained):
-    from harness.batch import predict_texts
+    from harness.tracking.predict import predict_texts
 
     tmp, run_id, uri = trained
     texts = [f"the city plan {'outrageous ' * (i % 4)}was announced {i}" for i in range(50)]

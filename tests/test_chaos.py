@@ -35,8 +35,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from harness import load_run
-from harness.preflight import MLFLOW_RETRY_ENV
-from harness.storage import sqlalchemy_url
+from harness.studyfile.urls import sqlalchemy_url
+from harness.tracking.preflight import MLFLOW_RETRY_ENV
 from tests.conftest import (
     free_port,
     study_yaml,
@@ -260,7 +260,7 @@ def test_chaos_kills_and_a_tracking_outage_leave_whole_records(
     ]
     env = {
         **os.environ,
-        **MLFLOW_RETRY_ENV,  # what the CLI sets by default (harness.preflight)
+        **MLFLOW_RETRY_ENV,  # what the CLI sets by default (harness.tracking.preflight)
         "HARNESS_HEARTBEAT_INTERVAL": "1",
         "HARNESS_EXTRACT_THREADS": "1",
     }

@@ -6,9 +6,9 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from harness.models.catalog import POOLINGS, ClassifierSpec
-from harness.models.catalog import READERS as KINDS
 from harness.models.reader import AttentionReader, build_classifier, reverse_within
+from harness.studyfile.specs import POOLINGS, ClassifierSpec
+from harness.studyfile.specs import READERS as KINDS
 
 MAX_LEN = 80
 

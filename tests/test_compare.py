@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.compare import (
+from harness.core.errors import HarnessError
+from harness.stats.compare import (
     RunPredictions,
     baseline_diff_metrics,
     best_vs_baselines,
@@ -14,8 +15,7 @@ from harness.compare import (
     format_comparison,
     parse_predictions,
 )
-from harness.errors import HarnessError
-from harness.metrics import paired_bootstrap
+from harness.stats.metrics import paired_bootstrap
 
 PARAMS = {"data_sha256": "ab" * 32, "split_seed": "0", "encoder": "minilm"}
 

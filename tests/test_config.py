@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from harness.config import StudyConfig, check_encoder, parse_study
-from harness.errors import HarnessError
-from harness.search import make_pruner, suggest
-from harness.space import Range, SearchConfig
-from harness.storage import validate_storage_url
-from harness.tracking import validate_tracking_uri
+from harness.core.errors import HarnessError
+from harness.encoders.load import check_encoder
+from harness.study.search import make_pruner, suggest
+from harness.studyfile.schema import StudyConfig, parse_study
+from harness.studyfile.space import Range, SearchConfig
+from harness.studyfile.urls import validate_storage_url, validate_tracking_uri
 
 
 def study(search: str = "", top: str = "") -> str:
@@ -509,9 +509,9 @@ def test_encoder_fit_on_a_programmatic_config_names_the_key():
 
 
 def test_encoder_fit_with_a_real_encoder(tiny_bert):
-    """The check reads what ``harness.encoder.Encoder`` provides (2 layers, 4 heads, 128
+    """The check reads what ``harness.encoders.load.Encoder`` provides (2 layers, 4 heads, 128
     positions for the tiny BERT)."""
-    from harness.encoder import load_encoder
+    from harness.encoders.load import load_encoder
 
     encoder = load_encoder(str(tiny_bert))
     check_encoder(parse_study(study("layers: [0, 1]\nheads: [3]")), encoder)

@@ -1,4 +1,4 @@
-"""Tests for harness.data: BABE's real quirks, generic files, splits, errors and fetching."""
+"""Tests for harness.data.datasets: BABE's real quirks, generic files, splits, errors and fetching."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import data
-from harness.data import (
+from harness.core.errors import HarnessError
+from harness.data import datasets as data
+from harness.data.datasets import (
     BABE_SHA256,
     Dataset,
     fetch_dataset,
     load_dataset,
     resolve_data_path,
 )
-from harness.errors import HarnessError
-from harness.split import Split, make_split
+from harness.data.split import Split, make_split
 
 BOM = "\ufeff"
 BABE_HEADER = "text;news_link;outlet;topic;type;label_bias;label_opinion;biased_words"

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.errors import HarnessError
-from harness.features import FeatureSpec, parse_heads, reduce_maps
+from harness.attention.features import reduce_maps
+from harness.core.errors import HarnessError
+from harness.studyfile.specs import FeatureSpec, parse_heads
 
 MAX_LEN = 4
 

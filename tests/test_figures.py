@@ -9,8 +9,8 @@ import numpy as np
 import optuna
 import pytest
 
-from harness.errors import HarnessError
-from harness.figures import (
+from harness.core.errors import HarnessError
+from harness.report.figures import (
     forest_plot,
     head_heatmap,
     heatmap_comparison,
@@ -18,8 +18,8 @@ from harness.figures import (
     param_importances,
     validation_curves,
 )
-from harness.metrics import PairedResult
-from harness.report_md import Figure, ScoredRun, write_report_md
+from harness.report.markdown import Figure, ScoredRun, write_report_md
+from harness.stats.metrics import PairedResult
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

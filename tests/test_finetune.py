@@ -15,18 +15,20 @@ import numpy as np
 import pytest
 import torch
 
-import harness.finetune as ft
-from harness.attention import extract_attention, tokenize
-from harness.data import load_dataset
-from harness.encoder import load_encoder
-from harness.errors import HarnessError
-from harness.finetune_split import finetune_data, leak_check
-from harness.metrics import compute_metrics
-from harness.split import make_split
+import harness.encoders.finetune as ft
+from harness.attention.extract import extract_attention
+from harness.core.errors import HarnessError
+from harness.data.datasets import load_dataset
+from harness.data.split import make_split
+from harness.encoders.guard import finetune_data, leak_check
+from harness.encoders.load import load_encoder, tokenize
+from harness.stats.metrics import compute_metrics
+from harness.studyfile.schema import FinetuneConfig
+from harness.studyfile.schema import parse_study
 from tests.conftest import write_synthetic_csv
 
 # a learning rate that moves a tiny random BERT visibly within two epochs
-SETTINGS = ft.FinetuneSettings(epochs=2, lr=1e-3, batch_size=16, max_len=32)
+SETTINGS = FinetuneConfig(epochs=2, lr=1e-3, batch_size=16, max_len=32)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +106,7 @@ def test_intermediary_file_trains_on_its_rows_minus_a_validation_slice(
     leak_check(clean.texts, [dataset.texts[i] for i in [*split.val, *split.test]])  # clean
     base = load_encoder(str(tiny_bert))
     seen = record_training_inputs(monkeypatch)
-    settings = ft.FinetuneSettings(epochs=1, lr=1e-3, batch_size=16, max_len=32, data=str(other))
+    settings = FinetuneConfig(epochs=1, lr=1e-3, batch_size=16, max_len=32, data=str(other))
     result = ft.finetune_encoder(base, settings, dataset, split, cache_dir=tmp_path, progress=False)
     data = finetune_data(settings, dataset, split)
     assert result.record["data"]["n_val"] == len(data.val) == 8  # 10 % of each class
@@ -125,7 +127,7 @@ def test_leak_check_refuses_shared_sentences_and_names_the_count(tiny_bert, stud
     rows += [f"clean sentence number {i},{i % 2}" for i in range(20)]
     path = tmp_path / "leaky.csv"
     path.write_text("\n".join(rows) + "\n")
-    settings = ft.FinetuneSettings(epochs=1, data=str(path))
+    settings = FinetuneConfig(epochs=1, data=str(path))
     with pytest.raises(HarnessError, match=r"leaky\.csv shares 3 sentence\(s\) with the study"):
         ft.finetune_encoder(
             load_encoder(str(tiny_bert)), settings, dataset, split, cache_dir=tmp_path
@@ -160,7 +162,7 @@ def test_second_call_reuses_the_cached_encoder_without_training(
     assert again.history == finetuned.history and len(again.history) == 2
     assert again.encoder.fingerprint == finetuned.encoder.fingerprint
     # other settings are another encoder: the key covers them
-    other = ft.FinetuneSettings(epochs=2, lr=2e-3, batch_size=16, max_len=32)
+    other = FinetuneConfig(epochs=2, lr=2e-3, batch_size=16, max_len=32)
     assert ft.finetune_key(again.encoder, finetune_data(other, dataset, split), other) != (
         ft.finetune_key(again.encoder, finetune_data(SETTINGS, dataset, split), SETTINGS)
     )
@@ -211,7 +213,7 @@ def test_classifier_reloads_in_a_new_process_to_1e5(study, finetuned):
     auc = compute_metrics(dataset.labels[split.val], here)["auc"]
     assert auc == pytest.approx(finetuned.record["best_val_auc"], abs=1e-9)
     code = (
-        "import json, sys; from harness.finetune import FinetunedClassifier; "
+        "import json, sys; from harness.encoders.finetune import FinetunedClassifier; "
         "texts = json.load(sys.stdin); "
         f"print(json.dumps(FinetunedClassifier({str(finetuned.path)!r}).predict_proba(texts).tolist()))"
     )
@@ -225,12 +227,15 @@ def test_classifier_reloads_in_a_new_process_to_1e5(study, finetuned):
 
 
 def test_bad_settings_are_refused_with_the_key_named(tmp_path):
-    with pytest.raises(HarnessError, match=r"encoder\.finetune\.lr=0: must be > 0"):
-        ft.FinetuneSettings(lr=0)
-    with pytest.raises(HarnessError, match="schedule='cosine'"):
-        ft.FinetuneSettings(schedule="cosine")
-    with pytest.raises(HarnessError, match="apply to an intermediary file"):
-        ft.FinetuneSettings(text_column="sentence")
+    def error(finetune: str) -> str:
+        text = f"name: t\ndata: {{dataset: babe}}\nencoder: {{name: minilm, finetune: {finetune}}}\n"
+        with pytest.raises(HarnessError) as info:
+            parse_study(text, "s.yaml")
+        return str(info.value)
+
+    assert "encoder.finetune.lr" in error("{lr: 0}") and "greater than 0" in error("{lr: 0}")
+    assert "encoder.finetune.schedule" in error("{schedule: cosine}")
+    assert "applies to an intermediary file" in error("{text_column: sentence}")
     with pytest.raises(HarnessError, match="FinetunedClassifier|not a fine-tuned encoder"):
         ft.FinetunedClassifier(tmp_path)
 
@@ -261,6 +266,6 @@ def test_path_of_data_file_is_not_part_of_the_key(tmp_path, study, tiny_bert):
     base = load_encoder(str(tiny_bert))
     keys = {
         ft.finetune_key(base, finetune_data(s, dataset, split), s)
-        for s in (ft.FinetuneSettings(data=str(a)), ft.FinetuneSettings(data=str(b)))
+        for s in (FinetuneConfig(data=str(a)), FinetuneConfig(data=str(b)))
     }
     assert len(keys) == 1

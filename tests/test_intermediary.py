@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-import harness.finetune as ft
-from harness.data import load_dataset
-from harness.encoder import load_encoder
-from harness.errors import HarnessError
-from harness.split import make_split
-from harness.study import run_study
-from harness.tracking import RunReader
+import harness.encoders.finetune as ft
+from harness.core.errors import HarnessError
+from harness.data.datasets import load_dataset
+from harness.data.split import make_split
+from harness.encoders.load import load_encoder
+from harness.study.study import run_study
+from harness.tracking.runs import RunReader
 from tests.conftest import write_synthetic_csv
 from tests.test_finetune import as_tokens, record_training_inputs
 
@@ -141,7 +141,7 @@ def test_trial_and_baseline_reload_from_the_store_in_a_new_process(ft_study):
     script = textwrap.dedent(
         f"""
         import sys, harness
-        from harness.tracking import RunReader
+        from harness.tracking.runs import RunReader
         data = harness.load_dataset("{tmp}/data.csv", group_column="group")
         text = dict(zip(data.row_ids, data.texts))
         uri = "sqlite:///{tmp}/mlflow.db"
@@ -166,7 +166,7 @@ def test_trial_and_baseline_reload_from_the_store_in_a_new_process(ft_study):
 
 def test_a_second_run_fine_tunes_and_extracts_nothing(ft_study, caplog, monkeypatch):
     tmp, path, summary, _ = ft_study
-    from harness.encoder import Encoder
+    from harness.encoders.load import Encoder
 
     def no_model(self):
         raise AssertionError("the encoder must not run when both caches are warm")
@@ -216,8 +216,8 @@ def test_an_overlapping_intermediary_file_is_refused_before_anything_exists(tmp_
 
 
 def test_the_leak_check_passes_a_clean_file_and_names_the_count(tmp_path, tiny_bert):
-    from harness.config import load_config
-    from harness.intermediary import check_leaks
+    from harness.study.intermediary import check_leaks
+    from harness.studyfile.schema import load_config
 
     data = write_synthetic_csv(tmp_path / "data.csv")
     dataset = load_dataset(str(data), group_column="group")
@@ -249,7 +249,7 @@ def test_the_leak_check_passes_a_clean_file_and_names_the_count(tmp_path, tiny_b
     ],
 )
 def test_study_file_errors_name_the_key_and_line(tmp_path, tiny_bert, extra, phrase):
-    from harness.config import load_config
+    from harness.studyfile.schema import load_config
 
     path = write_study(tmp_path, "bad", tmp_path / "d.csv", tiny_bert, extra)
     with pytest.raises(HarnessError) as err:

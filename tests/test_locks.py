@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.attention import extract_attention
-from harness.errors import HarnessError
-from harness.locks import holder, waiting_lock
+from harness.attention.extract import extract_attention
+from harness.core.errors import HarnessError
+from harness.core.fs import holder, waiting_lock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def test_lock_held_by_a_live_process_is_waited_on_with_messages(tmp_path, caplog
         f"""\
         import sys, time
         from pathlib import Path
-        from harness.locks import waiting_lock
+        from harness.core.fs import waiting_lock
         with waiting_lock(Path({str(lock)!r}), "the test entry", "cache_dir"):
             print("held", flush=True)
             time.sleep(2.5)

@@ -14,8 +14,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from harness.errors import HarnessError
-from harness.metrics import (
+from harness.core.errors import HarnessError
+from harness.stats.metrics import (
     METRICS,
     bootstrap_ci,
     bootstrap_ci_reference,

@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness.predict import load_run
-from harness.study import run_study
+from harness.study.study import run_study
+from harness.tracking.predict import load_run
 from tests.conftest import free_port, study_yaml, write_synthetic_csv
 
 TEXTS = ["officials said the city plan was announced", "an outrageous scandal of the week"]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
 from harness.models.base import FORMAT, Model, load_model
 from harness.models.length import LengthModel
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from harness.errors import HarnessError
-from harness.metrics import bootstrap_ci, bootstrap_indices, compute_metrics, paired_bootstrap
+from harness.core.errors import HarnessError
+from harness.stats.metrics import bootstrap_ci, bootstrap_indices, compute_metrics, paired_bootstrap
 
 TOL = 1e-12
 

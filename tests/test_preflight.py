@@ -20,17 +20,16 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import preflight
-from harness.errors import HarnessError
-from harness.preflight import (
+from harness.core.errors import HarnessError
+from harness.core.fs import check_writable_dir, check_writable_file
+from harness.studyfile.urls import sqlalchemy_url
+from harness.tracking import preflight
+from harness.tracking.preflight import (
     bound_mlflow_retries,
     check_storage,
     check_tracking,
-    check_writable_dir,
-    check_writable_file,
     storage_exists,
 )
-from harness.storage import sqlalchemy_url
 from tests.conftest import POSTGRES, table_count, throwaway_databases
 
 SERVER = POSTGRES.rsplit("/", 1)[0]

@@ -23,16 +23,16 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness import attention
-from harness.attention import cache_key, extract_attention
-from harness.attention_cache import AttentionCache
-from harness.config import load_config
-from harness.encoder import load_encoder
-from harness.errors import HarnessError
-from harness.storage import WORKER_ATTR, WorkerLease, make_storage
-from harness.study import run_study
-from harness.tracking import Tracker
-from harness.workers import PARENT_ATTR, lease_dir
+from harness.attention import extract as attention
+from harness.attention.cache import AttentionCache
+from harness.attention.extract import cache_key, extract_attention
+from harness.core.errors import HarnessError
+from harness.encoders.load import load_encoder
+from harness.study.study import run_study
+from harness.study.workers import PARENT_ATTR, lease_dir
+from harness.studyfile.schema import load_config
+from harness.tracking.runs import Tracker
+from harness.tracking.storage import WORKER_ATTR, WorkerLease, make_storage
 from tests.conftest import study_yaml, write_synthetic_csv
 
 MAX_LEN = 32
@@ -105,8 +105,8 @@ EXTRACT_SCRIPT = """
 import logging, sys, time
 from pathlib import Path
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-from harness.attention import extract_attention
-from harness.encoder import load_encoder
+from harness.attention.extract import extract_attention
+from harness.encoders.load import load_encoder
 encoder_path, cache_dir, texts_file, ready, go = sys.argv[1:]
 encoder = load_encoder(encoder_path)
 texts = Path(texts_file).read_text().splitlines()
@@ -483,19 +483,19 @@ def test_copies_that_reach_a_new_study_at_once_elect_one_parent(workspace, tiny_
     create), the race the user attribute alone would lose: one creates the study and
     its parent run, the others wait for that run and use it. Threads stand in for the
     processes: they share nothing but the stores."""
-    import harness.study
+    import harness.study.study
 
     run_study(_study(workspace, tiny_bert, "warm-up", n_trials=1, epochs=1), progress=False)
     path = _study(workspace, tiny_bert, "election", n_trials=2, epochs=1)
     storage = f"journal:///{workspace[0]}/election.log"
     barrier = threading.Barrier(3)
-    real_open = harness.study._open_study
+    real_open = harness.study.study._open_study
 
     def open_together(*args, **kwargs):
         barrier.wait(timeout=60)
         return real_open(*args, **kwargs)
 
-    monkeypatch.setattr(harness.study, "_open_study", open_together)
+    monkeypatch.setattr(harness.study.study, "_open_study", open_together)
     results: list = []
 
     def copy() -> None:
@@ -509,7 +509,7 @@ def test_copies_that_reach_a_new_study_at_once_elect_one_parent(workspace, tiny_
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    assert all(isinstance(r, harness.study.StudySummary) for r in results), results
+    assert all(isinstance(r, harness.study.study.StudySummary) for r in results), results
     assert len({r.parent_run_id for r in results}) == 1
     _, parents, children = _runs(load_config(path).tracking_uri, "election")
     assert [p.info.run_id for p in parents] == [results[0].parent_run_id]

@@ -27,8 +27,9 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from harness import load_run
-from harness.storage import make_storage, sqlalchemy_url
-from harness.workers import PARENT_ATTR
+from harness.study.workers import PARENT_ATTR
+from harness.studyfile.urls import sqlalchemy_url
+from harness.tracking.storage import make_storage
 from tests.conftest import (
     free_port,
     study_yaml,

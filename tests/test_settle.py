@@ -16,14 +16,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness import settle
-from harness.callbacks import NOT_NEEDED
-from harness.config import load_config
-from harness.errors import HarnessError
-from harness.storage import WORKER_ATTR, WorkerLease, make_storage
-from harness.study import run_study
-from harness.tracking import Tracker
-from harness.workers import PARENT_ATTR, lease_dir
+from harness.core.errors import HarnessError
+from harness.study import settle
+from harness.study.callbacks import NOT_NEEDED
+from harness.study.study import run_study
+from harness.study.workers import PARENT_ATTR, lease_dir
+from harness.studyfile.schema import load_config
+from harness.tracking.runs import Tracker
+from harness.tracking.storage import WORKER_ATTR, WorkerLease, make_storage
 from tests.conftest import study_yaml, write_synthetic_csv
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")

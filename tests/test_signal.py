@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness.attention import extract_attention
-from harness.config import parse_study
-from harness.encoder import load_encoder
-from harness.errors import HarnessError
-from harness.features import FeatureSpec, parse_heads
-from harness.selection import Top
-from harness.study import run_study
+from harness.attention.extract import extract_attention
+from harness.core.errors import HarnessError
+from harness.encoders.load import load_encoder
+from harness.study.study import run_study
+from harness.studyfile.schema import parse_study
+from harness.studyfile.space import Top
+from harness.studyfile.specs import FeatureSpec, parse_heads
 from tests.conftest import study_yaml, write_synthetic_csv
 
 TEXTS = [
@@ -238,7 +238,7 @@ def test_probe_and_reader_trials_reload_and_reproduce_their_predictions(signal_s
     script = textwrap.dedent(
         f"""
         import sys, harness
-        from harness.tracking import RunReader
+        from harness.tracking.runs import RunReader
         data = harness.load_dataset("{tmp}/data.csv", group_column="group")
         text = {{r: t for r, t in zip(data.row_ids, data.texts)}}
         uri = "sqlite:///{tmp}/mlflow.db"
@@ -277,10 +277,10 @@ def test_harness_heads_prints_the_ranking_and_reuses_the_sweep(signal_study):
 
 
 def test_linear_probe_saves_and_loads_without_pickle(tmp_path):
-    from harness.inputs import AttentionInputs
     from harness.models.base import load_model
-    from harness.models.catalog import ProbeSpec
+    from harness.models.inputs import AttentionInputs
     from harness.models.probe import LinearProbe
+    from harness.studyfile.specs import ProbeSpec
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 1, 5)).astype(np.float32)

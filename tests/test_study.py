@@ -13,8 +13,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness.metrics import METRICS
-from harness.study import run_study
+from harness.stats.metrics import METRICS
+from harness.study.study import run_study
 from tests.conftest import study_yaml
 
 TRIAL_PARAMS = {
@@ -115,7 +115,7 @@ def test_split_is_logged_and_fixed(finished_study):
 
 def test_continue_same_parent_without_running_the_encoder(finished_study, caplog, monkeypatch):
     tmp, path, summary = finished_study
-    from harness.encoder import Encoder
+    from harness.encoders.load import Encoder
 
     def no_model(self):
         raise AssertionError("the encoder must not be loaded when the cache is warm")
@@ -191,9 +191,9 @@ def test_pruned_trials_end_their_runs_without_weights(tmp_path, tiny_bert, capsy
     """A real pruner (successive halving, keeping 1 in 2 after each epoch): a pruned trial's
     run is FINISHED with ``optuna.state`` PRUNED, holds its curve up to the cut and no
     model, and cannot be loaded; the CLI summary counts complete and pruned trials."""
-    from harness.cli import main
-    from harness.errors import HarnessError
-    from harness.predict import load_run
+    from harness.cli.main import main
+    from harness.core.errors import HarnessError
+    from harness.tracking.predict import load_run
     from tests.conftest import write_synthetic_csv
 
     data = write_synthetic_csv(tmp_path / "data.csv")
@@ -243,9 +243,9 @@ def test_a_non_attention_model_fits_inside_the_study_and_reloads(finished_study)
     rebuilds it from its logged artifacts and reproduces the logged test probabilities."""
     from harness import load_run
     from harness.models.length import LengthModel
-    from harness.study import open_stores, prepare
-    from harness.tracking import RunReader
-    from harness.trial import log_model_run
+    from harness.study.study import open_stores, prepare
+    from harness.study.trial import log_model_run
+    from harness.tracking.runs import RunReader
 
     tmp, path, summary = finished_study
     prepared = prepare(path, progress=False)
@@ -281,7 +281,7 @@ def test_study_best_and_help_import_neither_torch_nor_transformers(finished_stud
     tmp, _, _ = finished_study
     script = (
         "import sys\n"
-        "from harness.cli import main\n"
+        "from harness.cli.main import main\n"
         "try:\n"
         "    code = main(sys.argv[1:])\n"
         "except SystemExit as exc:\n"

@@ -7,17 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness import train as train_module
-from harness.models.catalog import ClassifierSpec
+from harness.core.batching import make_batches
+from harness.core.errors import TrainingDiverged
+from harness.models import train as train_module
 from harness.models.reader import build_classifier
-from harness.train import (
-    TrainingDiverged,
-    TrainSettings,
-    _batch,
-    make_batches,
-    predict_logits,
-    train,
-)
+from harness.models.train import TrainSettings, _batch, predict_logits, train
+from harness.studyfile.specs import ClassifierSpec
 
 MAX_LEN = 24
 SPECS = {

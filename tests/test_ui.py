@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.cli import main
+from harness.cli.main import main
 from tests.conftest import free_port, study_yaml, wait_until_healthy, write_synthetic_csv
 
 
@@ -37,7 +37,7 @@ def listeners(port: int) -> list[str]:
 
 def make_store(tmp_path: Path, tiny_bert: Path, name: str = "ui") -> Path:
     """A finished two-trial study: its Optuna and MLflow stores live under ``tmp_path``."""
-    from harness.study import run_study
+    from harness.study.study import run_study
 
     data = write_synthetic_csv(tmp_path / "data.csv", n=80)
     run_study(
@@ -143,7 +143,7 @@ def test_ui_serves_the_store_on_loopback_and_stops_its_whole_group(store, tmp_pa
 
 def test_ui_on_another_host_warns_that_it_has_no_login(store, monkeypatch, capsys):
     served = []
-    monkeypatch.setattr("harness.serve._serve", lambda cmd, what: served.append(cmd) or 0)
+    monkeypatch.setattr("harness.cli.serve._serve", lambda cmd, what: served.append(cmd) or 0)
     uri = f"sqlite:///{store}/mlflow.db"
     assert main(["ui", "--host", "0.0.0.0", "--port", "5123", "--tracking-uri", uri]) == 0
     out, err = capsys.readouterr()
@@ -155,7 +155,7 @@ def test_ui_on_another_host_warns_that_it_has_no_login(store, monkeypatch, capsy
 
 
 def test_ui_on_loopback_does_not_warn(store, monkeypatch, capsys):
-    monkeypatch.setattr("harness.serve._serve", lambda cmd, what: 0)
+    monkeypatch.setattr("harness.cli.serve._serve", lambda cmd, what: 0)
     assert main(["ui", "--tracking-uri", f"sqlite:///{store}/mlflow.db"]) == 0
     assert capsys.readouterr().err == ""
 

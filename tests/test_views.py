@@ -9,13 +9,10 @@ from math import log
 import numpy as np
 import pytest
 
-from harness import view_cache
-from harness.attention import extract_attention, iter_attention
-from harness.attention_cache import AttentionCache
-from harness.encoder import Encoder, load_encoder
-from harness.errors import HarnessError
-from harness.view_cache import ViewCache, open_view
-from harness.views import (
+from harness.attention import cache as view_cache
+from harness.attention.cache import AttentionCache, ViewCache, open_view
+from harness.attention.extract import extract_attention, iter_attention
+from harness.attention.views import (
     STATS,
     VIEWS,
     feature_names,
@@ -24,6 +21,8 @@ from harness.views import (
     token_stats,
     view_size,
 )
+from harness.core.errors import HarnessError
+from harness.encoders.load import Encoder, load_encoder
 
 LN2 = log(2)
 MAX_LEN = 32

@@ -1,7 +1,7 @@
 """The encoder's sentence embedding + logistic regression: the baseline that tells whether
 reading the attention maps adds anything to the encoder's own output.
 
-Inputs are the mean-pooled last hidden states (``harness.embeddings``), standardised with
+Inputs are the mean-pooled last hidden states (``harness.attention.embeddings``), standardised with
 the training split's mean and SD (which also lets the solver converge quickly); C is
 chosen on validation AUC. Saved as four arrays in safetensors.
 """
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 
-from harness.embeddings import EmbeddingInputs
 from harness.models.base import WEIGHTS_FILE, EpochCallback, FitResult, one_pass_result, write_model
+from harness.models.inputs import EmbeddingInputs
 from harness.models.text import C_GRID, fit_logistic, sigmoid
 
 

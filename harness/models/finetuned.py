@@ -5,7 +5,7 @@ fine-tuned, reading the sentence the way it was trained to. This kind puts that 
 behind the protocol, so a study logs it (``baseline-finetuned``) with the same metrics,
 intervals and prediction files as its trials, and ``load_run`` reloads it.
 
-It is trained by ``harness.finetune`` on the study's train split (validation picked the
+It is trained by ``harness.encoders.finetune`` on the study's train split (validation picked the
 epoch) before the study starts, so ``fit`` trains nothing: it replays the recorded
 per-epoch curve. The saved model is the head's tensors (safetensors) plus the encoder it
 sits on, named by fingerprint and by the MLflow run that logged it; loading takes the
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import safetensors.torch
 
-from harness.finetune import FinetunedClassifier
-from harness.inputs import TextInputs
+from harness.encoders.finetune import FinetunedClassifier
 from harness.models.base import EpochCallback, FitResult, write_model
+from harness.models.inputs import TextInputs
 
 
 class FinetunedModel:
@@ -71,7 +71,7 @@ class FinetunedModel:
 
     @classmethod
     def load(cls, directory: Path, config: dict) -> FinetunedModel:
-        from harness.intermediary import local_encoder
+        from harness.encoders.load import local_encoder
 
         ref = config["encoder"]
         folder = local_encoder(ref["fingerprint"], ref["run_id"])

@@ -14,8 +14,8 @@ import numpy as np
 import safetensors.numpy
 from sklearn.linear_model import LogisticRegression
 
-from harness.inputs import TextInputs
 from harness.models.base import EpochCallback, FitResult, one_pass_result, write_model
+from harness.models.inputs import TextInputs
 
 
 def word_counts(texts: list[str]) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Attention readers: small sequence classifiers over a sentence's attention rows.
 
 ``AttentionReader`` is the network (one logit per sentence); ``ReaderModel`` trains it
-with ``harness.train`` and implements the model protocol of ``harness.models.base``.
+with ``harness.models.train`` and implements the model protocol of ``harness.models.base``.
 
 A sentence arrives as a [T, F] matrix whose row i is token i's attention over positions,
 plus its true length n; rows >= n are zero padding. Every kind (GRU, LSTM, transformer) is
@@ -25,9 +25,10 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from harness.inputs import AttentionInputs, inputs_from_dict
 from harness.models.base import EpochCallback, FitResult, write_model
-from harness.models.catalog import (
+from harness.models.inputs import AttentionInputs, inputs_from_dict
+from harness.models.train import TrainSettings, predict_logits, seed_everything, sigmoid, train
+from harness.studyfile.specs import (
     POOLINGS,
     READERS,
     ClassifierSpec,
@@ -35,7 +36,6 @@ from harness.models.catalog import (
     divisible,
     spec_from_dict,
 )
-from harness.train import TrainSettings, predict_logits, seed_everything, sigmoid, train
 
 
 def _validate(spec: ClassifierSpec, input_size: int, max_len: int) -> None:
@@ -226,7 +226,7 @@ def build_classifier(spec: ClassifierSpec, input_size: int, max_len: int) -> nn.
 
 
 class ReaderModel:
-    """A network trained by gradient descent (``harness.train``) on attention features:
+    """A network trained by gradient descent (``harness.models.train``) on attention features:
     an ``AttentionReader`` (gru, lstm, transformer) over token rows, or the ``mlp`` probe
     over pooled sentence features. The model protocol of ``harness.models.base``.
 

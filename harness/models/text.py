@@ -20,9 +20,9 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from harness.inputs import TextInputs
-from harness.metrics import compute_metrics
 from harness.models.base import WEIGHTS_FILE, EpochCallback, FitResult, one_pass_result, write_model
+from harness.models.inputs import TextInputs
+from harness.stats.metrics import compute_metrics
 
 #: inverse regularisation strengths tried; the one with the best validation AUC is kept
 C_GRID: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)

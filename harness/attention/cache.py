@@ -1,0 +1,450 @@
+"""The on-disk attention cache: reading a finished entry (verifying it, one sentence's maps,
+features built a chunk at a time, so the entry never has to fit in memory) and the
+position-free views stored under it.
+
+Layout of one cache entry (a directory named by its key, written by ``harness.attention.extract``)::
+
+    meta.json        encoder identity, max_len, lengths, order, sizes and crc32 per file
+    layer_00.bin     fp16 maps of layer 0: for each sentence in extraction order, [H, n, n]
+    layer_01.bin     ...
+    views/relative-w3/meta.json     w, shapes, crc32 and size per file
+    views/relative-w3/layer_00.bin  fp16 [tokens, H, F], storage order
+    views/relative-w3/pooled.bin    float32 [N, L, H, F], original order
+
+Sentences lie sorted by token length, so equal lengths are next to each other on disk and
+a whole run of them is reduced in one call. No padding is stored.
+
+The ``relative`` view of every (layer, head) is computed once and stored, so trials and
+head sweeps only read and index it. Its token rows follow the attention files' order. The
+pooled means (mean over each sentence's tokens, [CLS] and [SEP] included) are what linear
+probes and the head sweep read: 12 MB for MiniLM on BABE, so they stay in memory. As with
+the attention entry, a view is written in a temporary directory and renamed into place
+under a file lock: a killed writer leaves no half entry, and a corrupt one is rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from harness.attention.features import reduce_maps
+from harness.attention.views import (
+    Map,
+    check_request,
+    combine,
+    feature_width,
+    length_runs,
+    pool,
+    view_block,
+    view_size,
+)
+from harness.core.errors import HarnessError
+from harness.core.fs import waiting_lock
+from harness.core.runtime import num_threads, train_threads
+from harness.studyfile.specs import FeatureSpec, is_pairs, parse_heads
+
+#: Bytes of one layer file read at a time when building features: bounds memory use.
+READ_CHUNK_BYTES = 32 << 20
+
+
+class AttentionCache:
+    """A finished cache entry: all layers × all heads of every sentence, fp16, unpadded.
+
+    ``features`` reads only the layers it needs, a chunk at a time, so the entry never has
+    to fit in memory.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.meta = json.loads((self.path / "meta.json").read_text())
+        self.num_layers: int = self.meta["num_layers"]
+        self.num_heads: int = self.meta["num_heads"]
+        self.max_len: int = self.meta["max_len"]
+        #: token length of sentence i (original order)
+        self.lengths = np.asarray(self.meta["lengths"], dtype=np.int64)
+        #: order[p] = sentence stored at position p of each layer file
+        self.order = np.asarray(self.meta["order"], dtype=np.int64)
+        sizes = self.num_heads * self.lengths[self.order] ** 2
+        #: element offset of position p in a layer file
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        self._memo: tuple[FeatureSpec, tuple[np.ndarray, np.ndarray]] | None = None
+        self._view = None
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(f["bytes"] for f in self.meta["files"].values()))
+
+    def _layer_file(self, layer: int) -> Path:
+        return self.path / f"layer_{layer:02d}.bin"
+
+    def verify(self) -> None:
+        """Check every file's size and crc32 against meta.json; raise ``CacheCorrupt``."""
+        for name, info in self.meta["files"].items():
+            file = self.path / name
+            if not file.exists() or file.stat().st_size != info["bytes"]:
+                raise CacheCorrupt(f"{file} is missing or has the wrong size")
+            crc = 0
+            with open(file, "rb") as fh:
+                while chunk := fh.read(READ_CHUNK_BYTES):
+                    crc = zlib.crc32(chunk, crc)
+            if crc != info["crc32"]:
+                raise CacheCorrupt(f"{file} fails its checksum")
+
+    def maps(self, i: int) -> np.ndarray:
+        """All maps of sentence ``i`` as fp16 ``[L, H, n, n]``."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"sentence {i} out of range for a cache of {len(self)}")
+        pos = int(np.flatnonzero(self.order == i)[0])
+        n, start = int(self.lengths[i]), int(self.offsets[pos])
+        return np.stack(
+            [
+                np.fromfile(
+                    self._layer_file(layer), np.float16, n * n * self.num_heads, offset=2 * start
+                ).reshape(self.num_heads, n, n)
+                for layer in range(self.num_layers)
+            ]
+        )
+
+    def features(
+        self,
+        layers: FeatureSpec | list[int] | tuple[int, ...] | None = None,
+        heads: str | int | list[int] | None = "all",
+        reducer: str = "sum",
+        view: str = "rows",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Reduced maps of every sentence: ``([N, max_len, F] float32, lengths [N])``.
+
+        Takes a ``FeatureSpec`` (what trials pass), or its parts in the spellings a
+        notebook user types (``layers=None`` for all layers, ``heads="all"``, ``[0, 7]``
+        or ``"L5H6,L1H10"``, ``view="stats"``).
+
+        Rows and columns past a sentence's length are zero. Only the chosen layers' files
+        are read, in sequential chunks; only the chosen heads are reduced. The last result
+        is memoised, so trials that share a feature spec do not read the cache again.
+        Older results are not kept: each is ``N × max_len × F`` float32 (94 MB for BABE,
+        6× that for concat of 6 layers) while rebuilding one from the page cache takes
+        about a second, a few percent of a trial (BENCHMARKS.md, row 3).
+        """
+        if isinstance(layers, FeatureSpec):
+            spec = layers
+        else:
+            chosen = parse_heads(heads)
+            if is_pairs(chosen):
+                spec = FeatureSpec.of_maps(chosen, reducer, view)
+            else:
+                all_layers = tuple(range(self.num_layers))
+                layers = all_layers if layers is None else tuple(layers)
+                spec = FeatureSpec(layers, chosen, reducer, view)
+        if self._memo is not None and self._memo[0] == spec:
+            return self._memo[1]
+        maps = spec.maps(self.num_heads)
+        bad = sorted({x for x, _ in maps if not 0 <= x < self.num_layers})
+        bad_heads = sorted({h for _, h in maps if not 0 <= h < self.num_heads})
+        if bad or bad_heads:
+            raise HarnessError(
+                f"features: layers {bad} / heads {bad_heads} out of range for this cache "
+                f"({self.num_layers} layers × {self.num_heads} heads)"
+            )
+        if spec.view != "rows":
+            return self._view_features(spec, maps)
+        self._memo = None  # let the previous trial's array go before allocating this one
+        width = spec.input_size(self.max_len, self.num_heads)
+        out = np.zeros((len(self), self.max_len, width), np.float32)
+        # per-trial work: on the trial's threads (1), as its many small ops gain nothing from
+        # a second thread but its wake-ups (up to 10× slower with the other core busy)
+        with num_threads(train_threads()):
+            for lo, hi in self._chunks():
+                self._reduce_chunk(spec, lo, hi, out)
+        result = (out, self.lengths.copy())
+        self._memo = (spec, result)
+        return result
+
+    def view(self, progress: bool = False):
+        """The position-free views of this entry (``ViewCache``),
+        computed once and stored beside it; opened once per process."""
+        if self._view is None:
+            self._view = open_view(self, progress=progress)
+        return self._view
+
+    def _view_features(self, spec: FeatureSpec, maps: list) -> tuple[np.ndarray, np.ndarray]:
+        """A position-free view of the chosen maps; memoised like the rows."""
+        self._memo = None
+        with num_threads(train_threads()):
+            result = self.view().token_features(maps, spec.view, spec.reducer)
+        self._memo = (spec, result)
+        return result
+
+    def _reduce_chunk(self, spec: FeatureSpec, lo: int, hi: int, out: np.ndarray) -> None:
+        """Read positions ``lo:hi`` of the chosen layers; reduce each run of equal lengths
+        (contiguous, as extraction sorted them) in one call into its sentences' rows."""
+        start, count = int(self.offsets[lo]), int(self.offsets[hi] - self.offsets[lo])
+        per_layer = [
+            np.fromfile(self._layer_file(layer), np.float16, count, offset=2 * start)
+            for layer in spec.layers
+        ]
+        lens = self.lengths[self.order[lo:hi]]
+        for a, b in length_runs(lens):
+            n, k = int(lens[a]), b - a
+            s = int(self.offsets[lo + a] - self.offsets[lo])
+            run = [x[s : s + k * self.num_heads * n * n].reshape(k, -1, n, n) for x in per_layer]
+            reduced = reduce_maps(run, spec.reduce_heads(), spec.reducer, self.max_len)
+            out[self.order[lo + a : lo + b], :n, : reduced.shape[2]] = reduced
+
+    def _chunks(self) -> Iterator[tuple[int, int]]:
+        """Position ranges of about READ_CHUNK_BYTES per layer file."""
+        lo = 0
+        while lo < len(self):
+            limit = self.offsets[lo] + READ_CHUNK_BYTES // 2
+            hi = max(lo + 1, int(np.searchsorted(self.offsets, limit, side="right")) - 1)
+            hi = min(hi, len(self))
+            yield lo, hi
+            lo = hi
+
+
+class CacheCorrupt(Exception):
+    """A cache entry on disk does not match its own meta.json."""
+
+
+log = logging.getLogger("harness")
+
+VIEW_FORMAT = 1
+#: Float32 bytes of token features assembled at a time by ``token_features``.
+ASSEMBLE_CHUNK_BYTES = 32 << 20
+
+
+class ViewCache:
+    """A finished ``relative`` view of one attention cache entry (which holds ``stats``)."""
+
+    def __init__(self, cache: AttentionCache, path: Path):
+        self.cache = cache
+        self.path = Path(path)
+        self.meta = json.loads((self.path / "meta.json").read_text())
+        if self.meta["attention_key"] != cache.key or self.meta["sentences"] != len(cache):
+            raise CacheCorrupt(f"{self.path} belongs to another attention cache entry")
+        self.w: int = self.meta["w"]
+        self.num_layers, self.num_heads = cache.num_layers, cache.num_heads
+        self.num_features = view_size("relative", self.w)
+        shape = (len(cache), self.num_layers, self.num_heads, self.num_features)
+        #: mean over each sentence's tokens, [N, L, H, F] float32 in original order
+        self.pooled = np.fromfile(self.path / "pooled.bin", np.float32).reshape(shape)
+        sorted_lengths = cache.lengths[cache.order]
+        #: token offset of storage position p in a layer file (in rows of [H, F])
+        self.token_offsets = np.concatenate([[0], np.cumsum(sorted_lengths)])
+        #: for each stored token row: its index in a flattened [N, max_len] array
+        starts = np.repeat(self.token_offsets[:-1], sorted_lengths)
+        self._flat_index = np.repeat(cache.order * cache.max_len, sorted_lengths) + (
+            np.arange(self.token_offsets[-1]) - starts
+        )
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(f["bytes"] for f in self.meta["files"].values()))
+
+    def verify(self) -> None:
+        """Check every file's size and crc32 against meta.json; raise ``CacheCorrupt``."""
+        for name, info in self.meta["files"].items():
+            file = self.path / name
+            if not file.exists() or file.stat().st_size != info["bytes"]:
+                raise CacheCorrupt(f"{file} is missing or has the wrong size")
+            if _crc32(file) != info["crc32"]:
+                raise CacheCorrupt(f"{file} fails its checksum")
+
+    def _layer(self, layer: int) -> np.ndarray:
+        """Layer ``layer``'s token rows, ``[tokens, H, F]`` fp16, mapped, not read."""
+        shape = (int(self.token_offsets[-1]), self.num_heads, self.num_features)
+        return np.memmap(self.path / f"layer_{layer:02d}.bin", np.float16, "r", shape=shape)
+
+    def token_features(
+        self, maps: Sequence[Map], view: str = "relative", reducer: str = "stack"
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per-token features of the chosen maps: ``([N, max_len, D] float32, lengths)``,
+        zero past each sentence's length. ``stack`` keeps each map as its own
+        ``F`` channels in the order given; sum/mean/max combine the maps elementwise."""
+        pairs, size = check_request(maps, view, self.num_layers, self.num_heads, self.w)
+        width = feature_width(pairs, size, reducer)
+        out = np.zeros((len(self), self.cache.max_len, width), np.float32)
+        flat = out.reshape(-1, width)
+        layers = {layer: self._layer(layer) for layer, _ in pairs}
+        for lo, hi in self._token_chunks(width):
+            chunk = {layer: rows[lo:hi] for layer, rows in layers.items()}
+            flat[self._flat_index[lo:hi]] = combine(chunk, pairs, size, reducer)
+        return out, self.cache.lengths.copy()
+
+    def _token_chunks(self, width: int) -> Iterator[tuple[int, int]]:
+        """Token row ranges of about ASSEMBLE_CHUNK_BYTES of output each."""
+        step = max(1, ASSEMBLE_CHUNK_BYTES // (4 * width))
+        total = int(self.token_offsets[-1])
+        for lo in range(0, total, step):
+            yield lo, min(lo + step, total)
+
+    def sentence_features(self, maps: Sequence[Map], view: str = "relative") -> np.ndarray:
+        """Each sentence's mean over its tokens, maps side by side: ``[N, len(maps) * F]``
+        float32, for linear/MLP probes and the head sweep."""
+        pairs, size = check_request(maps, view, self.num_layers, self.num_heads, self.w)
+        per_layer = {layer: self.pooled[:, layer] for layer, _ in pairs}
+        return combine(per_layer, pairs, size, "stack")
+
+
+_VERIFIED: set[tuple[str, float]] = set()
+
+
+def _crc32(file: Path) -> int:
+    crc = 0
+    with open(file, "rb") as fh:
+        while chunk := fh.read(32 << 20):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _open_verified(cache: AttentionCache, path: Path) -> ViewCache:
+    """Open and verify a view once per process."""
+    try:
+        stamp = (str(path), (path / "meta.json").stat().st_mtime)
+        view = ViewCache(cache, path)
+        if stamp not in _VERIFIED:
+            view.verify()
+            _VERIFIED.add(stamp)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CacheCorrupt(f"{path}: {exc}") from None
+    return view
+
+
+def open_view(cache: AttentionCache, w: int = 3, progress: bool = True) -> ViewCache:
+    """The ``relative`` view (window ``w``) of ``cache``, computed only if no valid one is
+    stored. Safe from several processes at once: one computes, the others wait and reuse.
+    """
+    view_size("relative", w)  # validates w before anything is created
+    root = cache.path / "views"
+    root.mkdir(exist_ok=True)
+    name = f"relative-w{w}"
+    final = root / name
+    with waiting_lock(root / f"{name}.lock", "the stored attention view", "cache_dir"):
+        if (final / "meta.json").exists():
+            try:
+                view = _open_verified(cache, final)
+                log.info(
+                    "reusing the stored %s view %s (%.0f MB): not recomputed",
+                    name,
+                    final,
+                    view.nbytes / 1e6,
+                )
+                return view
+            except CacheCorrupt as exc:
+                log.warning("stored view is corrupt (%s); recomputing it", exc)
+                shutil.rmtree(final)
+        elif final.exists():
+            log.warning("stored view %s is incomplete; recomputing it", final)
+            shutil.rmtree(final)
+        _write_view(cache, w, final, progress)
+        _VERIFIED.add((str(final), (final / "meta.json").stat().st_mtime))
+        return _open_verified(cache, final)
+
+
+def _write_view(cache: AttentionCache, w: int, final: Path, progress: bool) -> None:
+    # only the lock holder writes, so any other half-written view is a killed writer's
+    for stale in final.parent.glob(f"{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    tmp.mkdir()
+    start = time.perf_counter()
+    try:
+        shape = (len(cache), cache.num_layers, cache.num_heads, view_size("relative", w))
+        pooled = np.zeros(shape, np.float32)
+        files = [open(tmp / f"layer_{layer:02d}.bin", "wb") for layer in range(shape[1])]
+        crcs, sizes = [0] * shape[1], [0] * shape[1]
+        bar = tqdm(
+            total=len(cache), desc="computing attention views", unit="sent", disable=not progress
+        )
+        try:
+            # one thread by default, as feature building: on this 2-core machine a second
+            # gained ~10 % in two runs of bench row 9 and lost 44 % in one under load
+            with num_threads(train_threads()):
+                for lo, hi in cache._chunks():
+                    for layer, sentences, values in _chunk_views(cache, lo, hi, w):
+                        files[layer].write(values)
+                        crcs[layer] = zlib.crc32(values, crcs[layer])
+                        sizes[layer] += values.nbytes
+                        pooled[sentences, layer] = pool(values)
+                    bar.update(hi - lo)
+        finally:
+            bar.close()
+            for fh in files:
+                fh.close()
+        pooled.tofile(tmp / "pooled.bin")
+        _write_meta(tmp, cache, w, shape, crcs, sizes, pooled)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(
+        "computed the %s view of %d sentences in %.1f s",
+        final.name,
+        len(cache),
+        time.perf_counter() - start,
+    )
+
+
+def _chunk_views(
+    cache: AttentionCache, lo: int, hi: int, w: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Storage positions ``lo:hi``, layer by layer, one run of equal lengths at a time:
+    ``(layer, sentence indices, fp16 [k, n, H, F])``. Each run is one ``view_block``
+    call over all its sentences and heads; a chunk's maps are read once per layer."""
+    start, count = int(cache.offsets[lo]), int(cache.offsets[hi] - cache.offsets[lo])
+    lens = cache.lengths[cache.order[lo:hi]]
+    runs = length_runs(lens)
+    for layer in range(cache.num_layers):
+        flat = np.fromfile(cache._layer_file(layer), np.float16, count, offset=2 * start)
+        for a, b in runs:
+            n, k = int(lens[a]), b - a
+            s = int(cache.offsets[lo + a] - cache.offsets[lo])
+            block = flat[s : s + k * cache.num_heads * n * n].reshape(k, -1, n, n)
+            yield layer, cache.order[lo + a : lo + b], view_block(block, w)
+
+
+def _write_meta(
+    tmp: Path,
+    cache: AttentionCache,
+    w: int,
+    shape: tuple[int, int, int, int],
+    crcs: list[int],
+    sizes: list[int],
+    pooled: np.ndarray,
+) -> None:
+    files = {
+        f"layer_{layer:02d}.bin": {"bytes": sizes[layer], "crc32": crcs[layer]}
+        for layer in range(shape[1])
+    }
+    files["pooled.bin"] = {"bytes": pooled.nbytes, "crc32": zlib.crc32(pooled)}
+    meta = {
+        "format": VIEW_FORMAT,
+        "view": "relative",
+        "w": w,
+        "attention_key": cache.key,
+        "sentences": shape[0],
+        "num_layers": shape[1],
+        "num_heads": shape[2],
+        "num_features": shape[3],
+        "tokens": int(cache.lengths.sum()),
+        "files": files,
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta))

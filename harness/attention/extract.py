@@ -1,0 +1,210 @@
+"""Batched attention extraction into the padding-free on-disk cache (``harness.attention.cache``
+reads an entry; its docstring shows the layout).
+
+Sentences are extracted sorted by token length, longest first, so each batch is padded
+only to its own longest sentence and equal lengths lie next to each other on disk, which
+lets extraction write and feature building reduce whole runs of sentences in one call.
+Longest first because the first batch then makes the largest allocations and every later,
+smaller one fits into memory already freed: in increasing order each batch needed a little
+more than any freed block and the heap grew batch after batch (peak RSS of a MiniLM study
+1.60 → 1.24 GB, BENCHMARKS.md row 4). No padding is stored. Files are written in a
+temporary directory and renamed into place, under a file lock, so a reader never sees
+half an entry and two processes never extract the same entry twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from harness.attention.cache import AttentionCache, CacheCorrupt
+from harness.attention.embeddings import EMBEDDINGS_FILE, mean_pool, write_embeddings
+from harness.attention.views import length_runs
+from harness.core.errors import HarnessError
+from harness.core.fs import check_writable_dir, default_cache_dir, texts_sha256, waiting_lock
+from harness.core.runtime import extraction_threads, num_threads
+from harness.encoders.load import Encoder, length_sorted_batches, load_encoder
+
+log = logging.getLogger("harness")
+
+CACHE_FORMAT = 1
+
+
+def cache_key(encoder: Encoder, texts: list[str], max_len: int) -> str:
+    """Everything that changes the maps: encoder weights and tokenizer, max_len, the texts."""
+    parts = [f"v{CACHE_FORMAT}", encoder.fingerprint, str(max_len), texts_sha256(texts)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def iter_attention(
+    encoder: Encoder,
+    texts: list[str],
+    max_len: int = 80,
+    batch_size: int = 64,
+    progress: bool = False,
+    pooled: np.ndarray | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield ``(indices, lengths, maps)`` per batch in order of decreasing length; with
+    ``pooled`` (``[N, hidden]``), also fill it with the sentences' mean-pooled last hidden
+    states from the same forward pass (the embedding baseline's inputs, for free).
+
+    ``maps`` is fp16 ``[L, B, H, T, T]`` with ``T`` the batch's longest sentence; rows and
+    columns of sentence ``b`` past ``lengths[b]`` are padding and must be ignored.
+
+    Each layer's float32 maps are converted straight into one fp16 buffer (no float32
+    stack of all layers), and the model's float32 outputs are dropped before the batch is
+    handed on, so they are not alive during the next forward pass: both keep the peak
+    memory of a study process down (BENCHMARKS.md, row 4).
+    """
+    model = encoder.model
+    bar = tqdm(total=len(texts), desc="extracting attention", unit="sent", disable=not progress)
+    with torch.inference_mode(), num_threads(extraction_threads()):
+        for idx, lens, inputs in length_sorted_batches(encoder, texts, max_len, batch_size):
+            out = model(**inputs, output_attentions=True)
+            attentions = out.attentions
+            if pooled is not None:
+                pooled[idx] = mean_pool(out.last_hidden_state, inputs["attention_mask"])
+            del out
+            maps = torch.empty((len(attentions), *attentions[0].shape), dtype=torch.float16)
+            for layer, a in enumerate(attentions):
+                maps[layer].copy_(a)
+            del attentions
+            bar.update(len(idx))
+            yield idx, lens, maps.numpy()
+    bar.close()
+
+
+_VERIFIED: set[tuple[str, float]] = set()
+
+
+def _stamp(path: Path) -> tuple[str, float]:
+    return (str(path), (path / "meta.json").stat().st_mtime)
+
+
+def _open_verified(path: Path) -> AttentionCache:
+    """Open and verify an entry once per process (crc32 reads at ~3 GB/s)."""
+    try:
+        stamp = _stamp(path)
+        cache = AttentionCache(path)
+        if stamp not in _VERIFIED:
+            cache.verify()
+            _VERIFIED.add(stamp)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CacheCorrupt(f"{path}: {exc}") from None
+    return cache
+
+
+def extract_attention(
+    encoder: Encoder | str,
+    texts: list[str],
+    *,
+    max_len: int = 80,
+    batch_size: int = 64,
+    cache_dir: Path | str | None = None,
+    progress: bool = True,
+) -> AttentionCache:
+    """Return the cache entry for these texts, extracting it only if no valid one exists.
+
+    Safe to call from several processes at once: one extracts, the others wait (saying who
+    they wait for) and reuse. A corrupt entry is reported, removed and rebuilt, never read
+    as data. A cache folder that cannot hold files is a ``HarnessError``, not a hang.
+    """
+    if isinstance(encoder, str):
+        encoder = load_encoder(encoder)
+    if max_len < 2:
+        raise HarnessError(f"max_len must be >= 2, got {max_len}")
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    setting = "cache_dir (study file) or HARNESS_CACHE_DIR"
+    check_writable_dir(root, "attention cache folder", setting)
+    root.mkdir(parents=True, exist_ok=True)
+    key = cache_key(encoder, texts, max_len)
+    final = root / key
+    with waiting_lock(root / f"{key}.lock", "the attention cache entry", setting):
+        if (final / "meta.json").exists():
+            try:
+                cache = _open_verified(final)
+                log.info(
+                    "reusing cached attention %s (%d sentences, %.0f MB): encoder not run",
+                    final,
+                    len(cache),
+                    cache.nbytes / 1e6,
+                )
+                return cache
+            except CacheCorrupt as exc:
+                log.warning("attention cache is corrupt (%s); rebuilding it", exc)
+                shutil.rmtree(final)
+        elif final.exists():
+            log.warning("attention cache %s is incomplete; rebuilding it", final)
+            shutil.rmtree(final)
+        _write_entry(encoder, texts, max_len, batch_size, final, progress)
+        # The crc32s were computed over the very bytes just written: reading the whole
+        # entry back to check them again would only re-read the page cache.
+        _VERIFIED.add(_stamp(final))
+        return _open_verified(final)
+
+
+def _write_entry(
+    encoder: Encoder, texts: list[str], max_len: int, batch_size: int, final: Path, progress: bool
+) -> None:
+    # only the lock holder writes, so any other half-written entry is a killed writer's
+    for stale in final.parent.glob(f"{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    tmp.mkdir()
+    log.info(
+        "extracting attention of %d sentences with %s into %s", len(texts), encoder.name, final
+    )
+    try:
+        n_layers, n_heads = encoder.num_layers, encoder.num_heads
+        files = [open(tmp / f"layer_{layer:02d}.bin", "wb") for layer in range(n_layers)]
+        crcs, sizes = [0] * n_layers, [0] * n_layers
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        pooled = np.zeros((len(texts), encoder.config.hidden_size), np.float32)
+        order: list[int] = []
+        try:
+            batches = iter_attention(encoder, texts, max_len, batch_size, progress, pooled)
+            for idx, lens, maps in batches:
+                lengths[idx] = lens
+                order.extend(idx.tolist())
+                # one contiguous [k, H, n, n] block per run of equal lengths and layer
+                for a, b in length_runs(lens):
+                    n = int(lens[a])
+                    for layer in range(n_layers):
+                        block = np.ascontiguousarray(maps[layer, a:b, :, :n, :n])
+                        files[layer].write(block)
+                        crcs[layer] = zlib.crc32(block, crcs[layer])
+                        sizes[layer] += block.nbytes
+        finally:
+            for fh in files:
+                fh.close()
+        meta = {
+            "format": CACHE_FORMAT,
+            "encoder": encoder.name,
+            "encoder_fingerprint": encoder.fingerprint,
+            "texts_sha256": texts_sha256(texts),
+            "max_len": max_len,
+            "num_layers": n_layers,
+            "num_heads": n_heads,
+            "lengths": lengths.tolist(),
+            "order": order,
+            "files": {
+                f"layer_{layer:02d}.bin": {"bytes": sizes[layer], "crc32": crcs[layer]}
+                for layer in range(n_layers)
+            },
+        }
+        write_embeddings(tmp / EMBEDDINGS_FILE, encoder, max_len, pooled)
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,237 @@
+"""Position-free views of attention maps: per-token statistics that mean the same thing
+wherever the token sits (issue #9).
+
+The absolute-position view (``rows``, built by ``AttentionCache.features``) shows row i as
+attention over column positions, so "how much this token attends to [SEP] or to its
+neighbour" lands in a different column in every sentence. These views put it in the same
+feature every time:
+
+* ``stats`` (7 per map): attention to [CLS], to [SEP], to itself, to the previous and
+  next token, the row's entropy and its maximum;
+* ``relative`` (7 + 2(w-1)): ``stats`` plus attention at relative offsets -w..-2, +2..+w.
+
+``stats`` is a prefix of ``relative``, so one stored ``relative`` view serves both. The
+view of every (layer, head) of a cache entry is computed once and stored beside it (see
+``harness.attention.cache``); new sentences go through the same ``view_block``, ``pool`` and
+``combine`` here, so a reloaded model sees exactly the features it was trained on.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from harness.core.errors import HarnessError
+
+VIEWS = ("rows", "stats", "relative")
+REDUCERS = ("stack", "sum", "mean", "max")
+STATS = ("cls", "sep", "self", "prev", "next", "entropy", "max")
+#: the relative offsets already covered by ``stats`` (self, prev, next)
+_STATS_OFFSETS = {"self": 0, "prev": -1, "next": 1}
+
+Map = tuple[int, int]
+#: what ``harness.attention.extract.iter_attention`` yields: (indices, lengths, fp16 [L, B, H, T, T])
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def relative_offsets(w: int) -> list[int]:
+    """The offsets beyond ``stats``: -w..-2, then +2..+w."""
+    if not isinstance(w, int) or w < 1:
+        raise HarnessError(f"views: the relative window w must be an integer >= 1, got {w!r}")
+    return [*range(-w, -1), *range(2, w + 1)]
+
+
+def feature_names(view: str, w: int = 3) -> tuple[str, ...]:
+    """Names of a position-free view's features, in storage order."""
+    if view == "stats":
+        return STATS
+    if view == "relative":
+        return STATS + tuple(f"rel{d:+d}" for d in relative_offsets(w))
+    raise HarnessError(_unknown_view(view))
+
+
+def view_size(view: str, w: int = 3, max_len: int | None = None) -> int:
+    """Features per token and map: ``max_len`` for ``rows``, 7 for ``stats``, 7 + 2(w-1)
+    for ``relative``."""
+    if view == "rows":
+        if max_len is None:
+            raise HarnessError("views: the size of the 'rows' view is max_len; pass max_len")
+        return max_len
+    return len(feature_names(view, w))
+
+
+def _unknown_view(view: str) -> str:
+    if view == "rows":
+        return "views: 'rows' is the absolute-position view; build it with AttentionCache.features"
+    return f"views: unknown view {view!r}; choose one of {', '.join(VIEWS)}"
+
+
+def token_stats(block: np.ndarray | torch.Tensor, w: int = 3) -> np.ndarray:
+    """Per-token statistics of ``k`` sentences of one length ``n``.
+
+    ``block`` is ``[k, M, n, n]`` (fp16 or fp32): M maps per sentence, row i is token i's
+    attention. Returns float32 ``[k, n, M, F]`` with the features of ``feature_names
+    ("relative", w)``; offsets that fall outside the sentence read 0.
+    """
+    return _token_stats(block, w).numpy()
+
+
+def _token_stats(block: np.ndarray | torch.Tensor, w: int) -> torch.Tensor:
+    """``token_stats`` as a tensor. Runs in torch in float32 (numpy reduces fp16 through
+    a slow scalar path); the only Python loop is over the F features. The entropy takes
+    ``a * log(max(a, tiny))``, which is 0 where ``a`` is 0 and otherwise ``a log a``
+    (fp16 maps hold nothing below ``tiny``): 2× faster than ``xlogy``, which was half
+    of the whole computation."""
+    offsets = relative_offsets(w)
+    a = torch.as_tensor(block).float()
+    k, m, n, _ = a.shape
+    out = torch.zeros((k, n, m, len(STATS) + len(offsets)), dtype=torch.float32)
+    per_map = out.permute(0, 2, 1, 3)  # a [k, M, n, F] view of the same memory
+    per_map[..., 0] = a[..., 0]
+    per_map[..., 1] = a[..., n - 1]
+    columns = [STATS.index(name) for name in _STATS_OFFSETS]
+    columns += range(len(STATS), len(STATS) + len(offsets))
+    for col, d in zip(columns, [*_STATS_OFFSETS.values(), *offsets], strict=True):
+        if abs(d) < n:
+            diagonal = a.diagonal(offset=d, dim1=-2, dim2=-1)  # a[i, i + d] for valid i
+            per_map[..., max(-d, 0) : n - max(d, 0), col] = diagonal
+    per_map[..., STATS.index("max")] = a.amax(-1)
+    a_log_a = a.clamp_min(torch.finfo(torch.float32).tiny).log_().mul_(a)
+    per_map[..., STATS.index("entropy")] = a_log_a.sum(-1).neg_()
+    return out
+
+
+def view_block(block: np.ndarray, w: int) -> np.ndarray:
+    """The stored form of ``token_stats``: fp16 ``[k, n, M, F]``. Cache and new sentences
+    both round through fp16 here, so both see the same values."""
+    return _token_stats(block, w).half().numpy()
+
+
+def pool(values: np.ndarray) -> np.ndarray:
+    """Mean over the token axis of ``[k, n, ...]`` view values, in float32: ``[k, ...]``."""
+    return torch.from_numpy(values).float().mean(dim=1).numpy()
+
+
+def check_request(
+    maps: Sequence[Map], view: str, num_layers: int, num_heads: int, w: int
+) -> tuple[list[Map], int]:
+    """Validate a (maps, view) request; return the maps as int pairs and the view's size."""
+    if view not in ("stats", "relative"):
+        raise HarnessError(_unknown_view(view))
+    try:
+        pairs = [(int(layer), int(head)) for layer, head in maps]
+    except (TypeError, ValueError):
+        raise HarnessError(f"views: maps must be (layer, head) pairs, got {maps!r}") from None
+    if not pairs:
+        raise HarnessError("views: no maps chosen; give at least one (layer, head) pair")
+    bad = [p for p in pairs if not (0 <= p[0] < num_layers and 0 <= p[1] < num_heads)]
+    if bad:
+        raise HarnessError(
+            f"views: maps {bad} out of range for {num_layers} layers × {num_heads} heads"
+        )
+    return pairs, view_size(view, w)
+
+
+def combine(
+    per_layer: Mapping[int, np.ndarray], maps: Sequence[Map], size: int, reducer: str
+) -> np.ndarray:
+    """Chosen maps' features: ``per_layer[l]`` is ``[T, H, F]`` (any float dtype); returns
+    float32 ``[T, D]``. ``stack`` lays the maps side by side in the order given
+    (``D = len(maps) * size``); sum/mean/max combine them elementwise (``D = size``)."""
+    if reducer not in REDUCERS:
+        raise HarnessError(
+            f"views: unknown reducer {reducer!r}; choose one of {', '.join(REDUCERS)}"
+        )
+    parts = (per_layer[layer][:, head, :size] for layer, head in maps)
+    if reducer == "stack":
+        return np.concatenate(list(parts), axis=1, dtype=np.float32)
+    out = next(parts).astype(np.float32)
+    for part in parts:
+        if reducer == "max":
+            np.maximum(out, part, out=out)
+        else:
+            np.add(out, part, out=out)
+    if reducer == "mean":
+        out /= len(maps)
+    return out
+
+
+def feature_width(maps: Sequence[Map], size: int, reducer: str) -> int:
+    return size * len(maps) if reducer == "stack" else size
+
+
+def _batch_views(
+    batches: Iterable[Batch], layers: Iterable[int], w: int
+) -> Iterator[tuple[np.ndarray, int, dict[int, np.ndarray]]]:
+    """For each run of equal lengths in each batch: (sentence indices, n, {layer: fp16
+    [k, n, H, F]}). All heads of a layer go through ``view_block`` together, as in the
+    cache, so each map's arithmetic is the same op on the same shape."""
+    layers = sorted(set(layers))
+    for idx, lens, att in batches:
+        order = np.argsort(-lens, kind="stable")  # iter_attention's batches are sorted
+        for a, b in length_runs(lens[order]):
+            rows, n = order[a:b], int(lens[order[a]])
+            yield (
+                idx[rows],
+                n,
+                {layer: view_block(att[layer, rows, :, :n, :n], w) for layer in layers},
+            )
+
+
+def token_features_from_attention(
+    batches: Iterable[Batch],
+    count: int,
+    max_len: int,
+    maps: Sequence[Map],
+    view: str = "relative",
+    reducer: str = "stack",
+    w: int = 3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``ViewCache.token_features`` for new sentences, straight from ``iter_attention``'s
+    batches (``count`` sentences in all): ``([count, max_len, D] float32, lengths)``."""
+    num_layers, num_heads, batches = _peek(batches)
+    pairs, size = check_request(maps, view, num_layers, num_heads, w)
+    x = np.zeros((count, max_len, feature_width(pairs, size, reducer)), np.float32)
+    lengths = np.zeros(count, np.int64)
+    for idx, n, per_layer in _batch_views(batches, [p[0] for p in pairs], w):
+        flat = {layer: v.reshape(len(idx) * n, *v.shape[2:]) for layer, v in per_layer.items()}
+        x[idx, :n] = combine(flat, pairs, size, reducer).reshape(len(idx), n, -1)
+        lengths[idx] = n
+    return x, lengths
+
+
+def sentence_features_from_attention(
+    batches: Iterable[Batch], count: int, maps: Sequence[Map], view: str = "relative", w: int = 3
+) -> np.ndarray:
+    """``ViewCache.sentence_features`` for new sentences: ``[count, len(maps) * F]``."""
+    num_layers, num_heads, batches = _peek(batches)
+    pairs, size = check_request(maps, view, num_layers, num_heads, w)
+    x = np.zeros((count, size * len(pairs)), np.float32)
+    for idx, _, per_layer in _batch_views(batches, [p[0] for p in pairs], w):
+        pooled = {layer: pool(v) for layer, v in per_layer.items()}
+        x[idx] = combine(pooled, pairs, size, "stack")
+    return x
+
+
+def _peek(batches: Iterable[Batch]) -> tuple[int, int, Iterator[Batch]]:
+    """(layers, heads) of the first batch, and all batches again: the shape is checked
+    before any work, and ``iter_attention`` can still stream one batch at a time."""
+    it = iter(batches)
+    first = next(it, None)
+    if first is None:
+        raise HarnessError("views: no sentences to compute features for")
+    num_layers, _, num_heads = first[2].shape[:3]
+    return num_layers, num_heads, itertools.chain([first], it)
+
+
+def length_runs(lengths: np.ndarray) -> list[tuple[int, int]]:
+    """``[(a, b), …]`` such that ``lengths[a:b]`` are equal and the runs cover the array.
+
+    Extraction sorts sentences by length, so runs are long: a whole run is written or
+    reduced in one numpy/torch call instead of one call per sentence.
+    """
+    starts = np.flatnonzero(np.diff(lengths, prepend=-1))
+    return list(zip(starts.tolist(), [*starts[1:].tolist(), len(lengths)], strict=True))
