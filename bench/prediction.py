@@ -8,8 +8,7 @@ from harness.models.inputs import AttentionInputs
 from harness.models.reader import ReaderModel
 from harness.models.train import TrainSettings
 from harness.studyfile.specs import ClassifierSpec, FeatureSpec
-from harness.tracking.predict import predict_texts
-from harness.tracking.predict import LoadedRun
+from harness.tracking.predict import LoadedRun, predict_texts
 
 N_BATCH = 1000
 N_SINGLE = 200

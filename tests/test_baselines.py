@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness.cli.main import main
+from harness.cli import main
 from harness.stats.metrics import METRICS
 from harness.studyfile.schema import BASELINES
 from tests.conftest import study_yaml, write_synthetic_csv
@@ -211,7 +211,7 @@ def test_unknown_baseline_is_a_one_line_study_file_error(tmp_path, capsys):
 def test_study_best_shows_baselines_without_importing_torch(study):
     tmp, _, _, _ = study
     script = (
-        "import sys\nfrom harness.cli.main import main\ncode = main(sys.argv[1:])\n"
+        "import sys\nfrom harness.cli import main\ncode = main(sys.argv[1:])\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))\n"
         "print('CODE', code, 'HEAVY', ','.join(heavy) or '-')\n"
     )

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from harness.cli.main import main
+from harness.cli import main
 from harness.data.datasets import load_dataset
 from harness.study.study import run_study
 from harness.tracking.predict import load_run

@@ -1,4 +1,4 @@
-"""Tests for harness.data.datasets: BABE's real quirks, generic files, splits, errors and fetching."""
+"""Tests for harness.data: BABE's real quirks, generic files, splits, errors and fetching."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ names, model names) a mistake must give exactly one stderr line ``harness: error
 naming the problem, the place and the fix, exit status 2, no traceback, and no Optuna
 study, MLflow experiment or run, or attention-cache entry.
 
-Most cases call ``harness.cli.main.main`` in-process (a subprocess costs several seconds of
+Most cases call ``harness.cli.main`` in-process (a subprocess costs several seconds of
 imports); one case per category, listed in ``IN_SUBPROCESS``, runs ``python -m harness``
 for real, which also proves that nothing else (warnings, logging) reaches stderr.
 """
@@ -25,7 +25,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness.cli.main import main
+from harness.cli import main
 from tests.conftest import study_yaml, table_count, throwaway_databases, write_synthetic_csv
 
 #: the case of each category that runs the CLI in a real subprocess

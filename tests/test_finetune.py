@@ -23,8 +23,7 @@ from harness.data.split import make_split
 from harness.encoders.guard import finetune_data, leak_check
 from harness.encoders.load import load_encoder, tokenize
 from harness.stats.metrics import compute_metrics
-from harness.studyfile.schema import FinetuneConfig
-from harness.studyfile.schema import parse_study
+from harness.studyfile.schema import FinetuneConfig, parse_study
 from tests.conftest import write_synthetic_csv
 
 # a learning rate that moves a tiny random BERT visibly within two epochs
@@ -228,7 +227,9 @@ def test_classifier_reloads_in_a_new_process_to_1e5(study, finetuned):
 
 def test_bad_settings_are_refused_with_the_key_named(tmp_path):
     def error(finetune: str) -> str:
-        text = f"name: t\ndata: {{dataset: babe}}\nencoder: {{name: minilm, finetune: {finetune}}}\n"
+        text = (
+            f"name: t\ndata: {{dataset: babe}}\nencoder: {{name: minilm, finetune: {finetune}}}\n"
+        )
         with pytest.raises(HarnessError) as info:
             parse_study(text, "s.yaml")
         return str(info.value)

@@ -191,7 +191,7 @@ def test_pruned_trials_end_their_runs_without_weights(tmp_path, tiny_bert, capsy
     """A real pruner (successive halving, keeping 1 in 2 after each epoch): a pruned trial's
     run is FINISHED with ``optuna.state`` PRUNED, holds its curve up to the cut and no
     model, and cannot be loaded; the CLI summary counts complete and pruned trials."""
-    from harness.cli.main import main
+    from harness.cli import main
     from harness.core.errors import HarnessError
     from harness.tracking.predict import load_run
     from tests.conftest import write_synthetic_csv
@@ -281,7 +281,7 @@ def test_study_best_and_help_import_neither_torch_nor_transformers(finished_stud
     tmp, _, _ = finished_study
     script = (
         "import sys\n"
-        "from harness.cli.main import main\n"
+        "from harness.cli import main\n"
         "try:\n"
         "    code = main(sys.argv[1:])\n"
         "except SystemExit as exc:\n"

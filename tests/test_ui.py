@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.cli.main import main
+from harness.cli import main
 from tests.conftest import free_port, study_yaml, wait_until_healthy, write_synthetic_csv
 
 

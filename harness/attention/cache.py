@@ -47,10 +47,8 @@ from harness.attention.views import (
     view_block,
     view_size,
 )
-from harness.core.errors import HarnessError
-from harness.core.fs import waiting_lock
-from harness.core.runtime import num_threads, train_threads
-from harness.studyfile.specs import FeatureSpec, is_pairs, parse_heads
+from harness.core import HarnessError, num_threads, train_threads, waiting_lock
+from harness.studyfile import FeatureSpec, is_pairs, parse_heads
 
 #: Bytes of one layer file read at a time when building features: bounds memory use.
 READ_CHUNK_BYTES = 32 << 20

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import safetensors.numpy
 
-from harness.core.fs import waiting_lock
+from harness.core import waiting_lock
 
 if TYPE_CHECKING:
-    from harness.encoders.load import Encoder
+    from harness.encoders import Encoder
 
 log = logging.getLogger("harness")
 
@@ -48,8 +48,8 @@ def mean_pooled(
     """``[N, hidden]`` float32 mean-pooled last hidden states, in the texts' order."""
     import torch
 
-    from harness.core.runtime import extraction_threads, num_threads
-    from harness.encoders.load import length_sorted_batches
+    from harness.core import extraction_threads, num_threads
+    from harness.encoders import length_sorted_batches
 
     out = np.zeros((len(texts), encoder.config.hidden_size), np.float32)
     with torch.inference_mode(), num_threads(extraction_threads()):
@@ -92,5 +92,3 @@ def cached_embeddings(
         emb = mean_pooled(encoder, texts, max_len)
         write_embeddings(path, encoder, max_len, emb)
         return emb
-
-

@@ -30,10 +30,16 @@ from tqdm.auto import tqdm
 from harness.attention.cache import AttentionCache, CacheCorrupt
 from harness.attention.embeddings import EMBEDDINGS_FILE, mean_pool, write_embeddings
 from harness.attention.views import length_runs
-from harness.core.errors import HarnessError
-from harness.core.fs import check_writable_dir, default_cache_dir, texts_sha256, waiting_lock
-from harness.core.runtime import extraction_threads, num_threads
-from harness.encoders.load import Encoder, length_sorted_batches, load_encoder
+from harness.core import (
+    HarnessError,
+    check_writable_dir,
+    default_cache_dir,
+    extraction_threads,
+    num_threads,
+    texts_sha256,
+    waiting_lock,
+)
+from harness.encoders import Encoder, length_sorted_batches, load_encoder
 
 log = logging.getLogger("harness")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from harness.studyfile.specs import Heads, Map
+from harness.studyfile import Heads, Map
 
 
 def _positions(per_layer: list, heads: Heads | list[Map]) -> list[Map]:

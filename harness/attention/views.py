@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from harness.core.errors import HarnessError
+from harness.core import HarnessError
 
 VIEWS = ("rows", "stats", "relative")
 REDUCERS = ("stack", "sum", "mean", "max")
@@ -33,7 +33,7 @@ STATS = ("cls", "sep", "self", "prev", "next", "entropy", "max")
 _STATS_OFFSETS = {"self": 0, "prev": -1, "next": 1}
 
 Map = tuple[int, int]
-#: what ``harness.attention.extract.iter_attention`` yields: (indices, lengths, fp16 [L, B, H, T, T])
+#: what ``extract.iter_attention`` yields: (indices, lengths, fp16 [L, B, H, T, T])
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 

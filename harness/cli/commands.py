@@ -7,13 +7,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.core.errors import HarnessError
+from harness.core import HarnessError
 
 
 def require_store(url: str, flag: str, what: str) -> None:
     """Reading from a local store that does not exist is a mistake to report, not an empty
     database to create."""
-    from harness.studyfile.urls import local_path
+    from harness.studyfile import local_path
 
     path = local_path(url)
     if path is not None and not path.exists():
@@ -23,10 +23,9 @@ def require_store(url: str, flag: str, what: str) -> None:
 
 
 def cmd_study_run(args: argparse.Namespace) -> int:
-    from harness.report.tables import describe_finished, format_table
-    from harness.study.study import run_study
-    from harness.studyfile.schema import load_config
-    from harness.studyfile.urls import default_tracking_uri
+    from harness.report import describe_finished, format_table
+    from harness.study import run_study
+    from harness.studyfile import default_tracking_uri, load_config
 
     if load_config(args.file).encoder.conditions is not None:
         return cmd_conditions(args)
@@ -61,7 +60,7 @@ def cmd_study_run(args: argparse.Namespace) -> int:
 
 def cmd_conditions(args: argparse.Namespace) -> int:
     """A study file with ``encoder.conditions``: one sub-study per condition, compared."""
-    from harness.study.conditions import run_conditions
+    from harness.study import run_conditions
 
     if args.workers > 1:
         raise HarnessError(
@@ -85,8 +84,7 @@ def cmd_conditions(args: argparse.Namespace) -> int:
 
 
 def cmd_heads(args: argparse.Namespace) -> int:
-    from harness.study.study import run_head_sweep
-    from harness.study.sweep import format_top
+    from harness.study import format_top, run_head_sweep
 
     scores, parent = run_head_sweep(
         args.file, storage=args.storage, tracking_uri=args.tracking_uri, progress=not args.quiet
@@ -103,7 +101,7 @@ def cmd_heads(args: argparse.Namespace) -> int:
 
 def _print_conclusion(summary) -> None:
     """Baselines and paired differences under the trials table (``harness.study.conclude``)."""
-    from harness.report.tables import format_baselines, format_paired
+    from harness.report import format_baselines, format_paired
 
     ending = summary.conclusion
     if ending is None:
@@ -128,9 +126,8 @@ def _load_study(name: str, storage: str | None):
     """An Optuna study by name, or a one-line error listing the studies there."""
     import optuna
 
-    from harness.studyfile.urls import DEFAULT_STORAGE
-    from harness.tracking.preflight import storage_exists
-    from harness.tracking.storage import make_storage
+    from harness.studyfile import DEFAULT_STORAGE
+    from harness.tracking import make_storage, storage_exists
 
     url = storage or DEFAULT_STORAGE
     require_store(url, "--storage", "Optuna storage")
@@ -148,9 +145,8 @@ def _load_study(name: str, storage: str | None):
 
 def _print_baselines(name: str, tracking_uri: str | None) -> None:
     """The study's baselines and paired differences, read from MLflow (no torch)."""
-    from harness.report.study_report import baseline_rows, paired_from_parent
-    from harness.report.tables import format_baselines, format_paired
-    from harness.tracking.runs import RunReader
+    from harness.report import baseline_rows, format_baselines, format_paired, paired_from_parent
+    from harness.tracking import RunReader
 
     try:
         parent, children = RunReader(tracking_uri).study_runs(name)
@@ -168,13 +164,7 @@ def _print_baselines(name: str, tracking_uri: str | None) -> None:
 
 
 def cmd_study_best(args: argparse.Namespace) -> int:
-    from harness.report.tables import (
-        describe_finished,
-        format_table,
-        n_finished,
-        n_pruned,
-        trial_rows,
-    )
+    from harness.report import describe_finished, format_table, n_finished, n_pruned, trial_rows
 
     study = _load_study(args.name, args.storage)
     print(f"study {args.name}: {describe_finished(n_finished(study), n_pruned(study))}")
@@ -184,8 +174,8 @@ def cmd_study_best(args: argparse.Namespace) -> int:
 
 
 def cmd_study_report(args: argparse.Namespace) -> int:
-    from harness.report.study_report import log_report
-    from harness.tracking.runs import RunReader
+    from harness.report import log_report
+    from harness.tracking import RunReader
 
     study = _load_study(args.name, args.storage)
     reader = RunReader(args.tracking_uri)
@@ -198,7 +188,7 @@ def cmd_study_report(args: argparse.Namespace) -> int:
 
 
 def cmd_study_repeat(args: argparse.Namespace) -> int:
-    from harness.study.repeat import repeat_study
+    from harness.study import repeat_study
 
     rows = repeat_study(
         args.name,
@@ -221,9 +211,9 @@ def cmd_study_repeat(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from harness.report.paired import compare_logged
-    from harness.stats.compare import format_comparison
-    from harness.tracking.runs import RunReader
+    from harness.report import compare_logged
+    from harness.stats import format_comparison
+    from harness.tracking import RunReader
 
     result, name_a, name_b = compare_logged(
         RunReader(args.tracking_uri), args.run_a, args.run_b, args.metric
@@ -237,7 +227,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return _predict_file(args)
     if not args.texts:
         raise HarnessError("give sentences to score, or --input FILE.csv --output OUT.csv")
-    from harness.tracking.predict import load_run
+    from harness.tracking import load_run
 
     blank = [i for i, text in enumerate(args.texts, start=1) if not text.strip()]
     if blank:
@@ -254,9 +244,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _predict_file(args: argparse.Namespace) -> int:
     """``--input FILE``: every sentence of a csv/tsv/jsonl column, scores to ``--output``."""
-    from harness.data.readers import read_texts
-    from harness.tracking.predict import check_output, predict_texts, write_scores
-    from harness.tracking.predict import load_run
+    from harness.data import read_texts
+    from harness.tracking import check_output, load_run, predict_texts, write_scores
 
     if args.texts:
         raise HarnessError("give either sentences or --input FILE, not both")
@@ -273,7 +262,7 @@ def _predict_file(args: argparse.Namespace) -> int:
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
-    from harness.data.datasets import fetch_dataset
+    from harness.data import fetch_dataset
 
     path = fetch_dataset(args.name, Path(args.dest))
     print(f"{args.name}: {path}")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from harness.cli.commands import require_store
-from harness.core.errors import HarnessError
+from harness.core import HarnessError
 
 
 class _Stop(Exception):
@@ -138,8 +138,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
             "optuna-dashboard is not installed; install the extra with: "
             'pip install -e ".[dashboard]"'
         )
-    from harness.studyfile.urls import local_path, sqlalchemy_url
-    from harness.tracking.storage import make_storage
+    from harness.studyfile import local_path, sqlalchemy_url
+    from harness.tracking import make_storage
 
     require_store(args.storage, "--storage", "Optuna storage")
     storage = make_storage(args.storage)

@@ -7,14 +7,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.core.errors import EXIT_USER_ERROR, HarnessError
-from harness.core.runtime import setup_logging
+from harness.core import EXIT_USER_ERROR, HarnessError, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
     """A helper process: run the study quietly; its parent prints the summary."""
-    from harness.study.study import run_study
-    from harness.tracking.preflight import bound_mlflow_retries
+    from harness.study import run_study
+    from harness.tracking import bound_mlflow_retries
 
     bound_mlflow_retries()
 

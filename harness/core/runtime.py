@@ -1,4 +1,6 @@
-"""Process-wide settings: logging, and torch thread counts chosen deliberately (measured in BENCHMARKS.md, rows 1, 3, 8).
+"""Process-wide settings: logging, and torch thread counts chosen deliberately.
+
+Measured in BENCHMARKS.md, rows 1, 3 and 8.
 
 Four decisions, each with the measurement behind it:
 

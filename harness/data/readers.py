@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.core.errors import HarnessError
+from harness.core import HarnessError
 
 _EXT_DELIMITERS = {".csv": ",", ".tsv": "\t"}
 SUPPORTED = ".csv, .tsv and .jsonl"

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harness.core import HarnessError
 from harness.data.datasets import Dataset
-from harness.core.errors import HarnessError
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,8 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from harness.core.errors import HarnessError
-from harness.core.fs import default_cache_dir
-from harness.data.datasets import Dataset
-from harness.data.split import Split
+from harness.core import HarnessError, default_cache_dir
+from harness.data import Dataset, Split
 from harness.encoders.finetune_loop import (
     EpochCallback,
     TrainedClassifier,
@@ -56,7 +54,7 @@ from harness.encoders.finetune_loop import (
 )
 from harness.encoders.guard import FinetuneData, finetune_data
 from harness.encoders.load import Encoder, fingerprint, quiet_transformers, tokenize
-from harness.studyfile.schema import FinetuneConfig
+from harness.studyfile import FinetuneConfig
 
 log = logging.getLogger("harness")
 

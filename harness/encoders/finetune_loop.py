@@ -24,13 +24,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from harness.core.batching import make_batches
-from harness.core.errors import TrainingDiverged
-from harness.core.runtime import extraction_threads, num_threads
-from harness.stats.metrics import compute_metrics
+from harness.core import TrainingDiverged, extraction_threads, make_batches, num_threads
+from harness.stats import compute_metrics
 
 if TYPE_CHECKING:
-    from harness.studyfile.schema import FinetuneConfig
+    from harness.studyfile import FinetuneConfig
 
 log = logging.getLogger("harness")
 

@@ -13,13 +13,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness.core.errors import HarnessError
-from harness.core.fs import texts_sha256
-from harness.data.datasets import Dataset, load_dataset
-from harness.data.split import Split
+from harness.core import HarnessError, texts_sha256
+from harness.data import Dataset, Split, load_dataset
 
 if TYPE_CHECKING:
-    from harness.studyfile.schema import FinetuneConfig
+    from harness.studyfile import FinetuneConfig
 
 log = logging.getLogger("harness")
 

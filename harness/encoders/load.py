@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness.core.errors import HarnessError
+from harness.core import HarnessError
 
 if TYPE_CHECKING:
     import torch
 
-    from harness.studyfile.schema import StudyConfig
+    from harness.studyfile import StudyConfig
 
 DEFAULT_ENCODER = "minilm"
 INITS = ("pretrained", "random")
@@ -240,8 +240,7 @@ def check_encoder(config: StudyConfig, encoder: Encoder) -> None:
 
 def _heads_out_of_range(heads, name: str, n_layers: int, n_heads: int) -> str | None:
     """What in one head selection encoder ``name`` cannot serve, or ``None``."""
-    from harness.studyfile.space import Top
-    from harness.studyfile.specs import is_pairs, map_name
+    from harness.studyfile import Top, is_pairs, map_name
 
     maps = n_layers * n_heads
     if isinstance(heads, Top):
@@ -272,7 +271,7 @@ def tokenize(encoder: Encoder, texts: list[str], max_len: int) -> list[list[int]
 def encoders_dir() -> Path:
     """The local cache of encoders downloaded from tracking stores, one folder per
     fingerprint, beside the attention cache (``HARNESS_CACHE_DIR``, else mlruns/cache)."""
-    from harness.core.fs import default_cache_dir
+    from harness.core import default_cache_dir
 
     return default_cache_dir() / "encoders"
 

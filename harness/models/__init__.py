@@ -1,7 +1,25 @@
 """Everything a study can fit, behind one protocol (``base.Model``): attention readers
-(``reader``) and the baselines (``majority``, ``length``, ``tfidf``, ``embedding``).
-Kinds load lazily (``base.KINDS``)."""
+(``reader``), probes (``probe``) and the baselines (``text``, ``length``, ``embedding``,
+``finetuned``); their inputs (``inputs``), the training loop (``train``) and the test
+evaluation with bootstrap intervals (``evaluation``). Kinds load lazily (``base.KINDS``).
 
-from harness.models.base import FitResult, Model, load_model
+The names below are the package's public API; its modules are private to it.
+"""
 
-__all__ = ["FitResult", "Model", "load_model"]
+from harness.core import attach
+
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "base": ["EpochCallback", "FitResult", "Model", "load_model", "read_config"],
+        "embedding": ["EmbeddingModel"],
+        "evaluation": ["Evaluation", "evaluate", "write_predictions"],
+        "finetuned": ["FinetunedModel"],
+        "inputs": ["AttentionInputs", "EmbeddingInputs"],
+        "length": ["LengthModel"],
+        "probe": ["LinearProbe"],
+        "reader": ["ReaderModel"],
+        "text": ["MajorityModel", "TfidfModel"],
+        "train": ["TrainSettings"],
+    },
+)

@@ -21,8 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from harness.core import __version__
-from harness.core.errors import HarnessError
+from harness.core import HarnessError, __version__
 from harness.models.inputs import InputSpec
 
 #: the saved-model layout this harness writes and reads
@@ -90,7 +89,7 @@ def one_pass_result(
 ) -> FitResult:
     """The curve of a model fitted in one pass (no epochs): the training log-loss and the
     validation AUC of the fitted model, reported as epoch 0."""
-    from harness.stats.metrics import compute_metrics
+    from harness.stats import compute_metrics
 
     p = np.clip(model.predict_proba(inputs, train_idx).astype(np.float64), 1e-7, 1 - 1e-7)
     y = labels[train_idx]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import safetensors.torch
 
-from harness.encoders.finetune import FinetunedClassifier
+from harness.encoders import FinetunedClassifier
 from harness.models.base import EpochCallback, FitResult, write_model
 from harness.models.inputs import TextInputs
 
@@ -71,7 +71,7 @@ class FinetunedModel:
 
     @classmethod
     def load(cls, directory: Path, config: dict) -> FinetunedModel:
-        from harness.encoders.load import local_encoder
+        from harness.encoders import local_encoder
 
         ref = config["encoder"]
         folder = local_encoder(ref["fingerprint"], ref["run_id"])

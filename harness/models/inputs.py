@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from harness.attention.embeddings import cached_embeddings, mean_pooled
-from harness.core.errors import HarnessError
+from harness.attention import cached_embeddings, mean_pooled
+from harness.core import HarnessError
 
 if TYPE_CHECKING:
-    from harness.attention.cache import AttentionCache
-    from harness.encoders.load import Encoder
-    from harness.studyfile.specs import FeatureSpec
+    from harness.attention import AttentionCache
+    from harness.encoders import Encoder
+    from harness.studyfile import FeatureSpec
 
 log = logging.getLogger("harness")
 
@@ -107,18 +107,18 @@ class AttentionInputs:
         return _as_pooled(_mean_over_tokens(x, lengths)) if self.pooled else (x, lengths)
 
     def _from_texts(self, texts: list[str], device: str) -> tuple[np.ndarray, np.ndarray]:
-        from harness.attention.extract import iter_attention
+        from harness.attention import iter_attention
 
         spec, encoder = self.features, self._encoder(device)
         batches = iter_attention(encoder, texts, self.max_len)
         if spec.view != "rows":
-            from harness.attention.views import token_features_from_attention
+            from harness.attention import token_features_from_attention
 
             maps = spec.maps(self.num_heads)
             return token_features_from_attention(
                 batches, len(texts), self.max_len, maps, spec.view, spec.reducer
             )
-        from harness.attention.features import reduce_maps
+        from harness.attention import reduce_maps
 
         x = np.zeros((len(texts), self.max_len, self.input_size), np.float32)
         lengths = np.zeros(len(texts), np.int64)
@@ -160,10 +160,10 @@ def load_recorded_encoder(
     """The encoder a model's config names: a fine-tuned one from the local encoder cache
     (``load_run`` downloads it there from run ``run_id``), a seeded random-init control, or
     a pretrained one by name; a fingerprint that differs is warned about."""
-    from harness.encoders.load import Encoder, load_encoder
+    from harness.encoders import Encoder, load_encoder
 
     if run_id:
-        from harness.encoders.load import local_encoder
+        from harness.encoders import local_encoder
 
         encoder = Encoder(name=name, path=local_encoder(fingerprint, run_id), device=device)
     else:
@@ -181,7 +181,7 @@ def inputs_from_dict(d: dict) -> InputSpec:
     if d.get("type") == "text":
         return TextInputs()
     if d.get("type") == "attention":
-        from harness.studyfile.specs import FeatureSpec
+        from harness.studyfile import FeatureSpec
 
         return AttentionInputs(
             FeatureSpec.from_dict(d["features"]),
@@ -195,8 +195,6 @@ def inputs_from_dict(d: dict) -> InputSpec:
             d["encoder"].get("run_id"),
         )
     if d.get("type") == "embedding":
-        from harness.models.inputs import EmbeddingInputs
-
         return EmbeddingInputs.from_dict(d)
     raise HarnessError(f"unknown inputs type {d.get('type')!r} in a model config")
 
@@ -210,7 +208,7 @@ class EmbeddingInputs:
     fingerprint: str
     max_len: int
     #: the random-init control's seed, or the run of a fine-tuned encoder (as in
-    #: ``harness.models.inputs.AttentionInputs``)
+    #: ``AttentionInputs``)
     init: str = "pretrained"
     seed: int = 0
     encoder_run: str | None = None
@@ -253,8 +251,6 @@ class EmbeddingInputs:
 
     def _encoder(self, device: str) -> Encoder:
         if device not in self._encoders:
-            from harness.models.inputs import load_recorded_encoder
-
             self._encoders[device] = load_recorded_encoder(
                 self.encoder, self.fingerprint, device, self.init, self.seed, self.encoder_run
             )

@@ -18,10 +18,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from harness.core.runtime import train_threads
+from harness.core import train_threads
 from harness.models.base import EpochCallback, FitResult, one_pass_result, write_model
 from harness.models.inputs import AttentionInputs, inputs_from_dict
-from harness.studyfile.specs import ProbeSpec
+from harness.studyfile import ProbeSpec
 
 
 class LinearProbe:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from harness.models.base import EpochCallback, FitResult, write_model
 from harness.models.inputs import AttentionInputs, inputs_from_dict
 from harness.models.train import TrainSettings, predict_logits, seed_everything, sigmoid, train
-from harness.studyfile.specs import (
+from harness.studyfile import (
     POOLINGS,
     READERS,
     ClassifierSpec,

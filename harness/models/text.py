@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from harness.models.base import WEIGHTS_FILE, EpochCallback, FitResult, one_pass_result, write_model
 from harness.models.inputs import TextInputs
-from harness.stats.metrics import compute_metrics
+from harness.stats import compute_metrics
 
 #: inverse regularisation strengths tried; the one with the best validation AUC is kept
 C_GRID: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)

@@ -18,10 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.core.batching import make_batches
-from harness.core.errors import TrainingDiverged
+from harness.core import TrainingDiverged, make_batches
 from harness.models.base import FitResult
-from harness.stats.metrics import compute_metrics
+from harness.stats import compute_metrics
 
 
 @dataclass

@@ -26,7 +26,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from harness.core.errors import HarnessError  # noqa: E402
+from harness.core import HarnessError  # noqa: E402
 from harness.report.markdown import Figure, ScoredRun  # noqa: E402
 
 DPI = 120

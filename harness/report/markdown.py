@@ -1,6 +1,7 @@
 """A study report's report.md: results with CIs, paired differences, top heads, figures and
 settings as Markdown tables that also read well as plain text; and the records (``ScoredRun``,
-``Figure``) the figures and the report share. No matplotlib here: only ``harness.report.figures`` draws.
+``Figure``) the figures and the report share. No matplotlib here:
+only ``figures`` draws.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.stats.metrics import PairedResult
+from harness.stats import PairedResult
 
 
 @dataclass(frozen=True)

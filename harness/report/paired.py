@@ -16,10 +16,9 @@ from pathlib import Path
 import yaml
 from mlflow.entities import Run
 
-from harness.core.errors import HarnessError
-from harness.stats.compare import RunPredictions, compare_runs
-from harness.stats.metrics import PairedResult
-from harness.tracking.runs import RunReader
+from harness.core import HarnessError
+from harness.stats import PairedResult, RunPredictions, compare_runs
+from harness.tracking import RunReader
 
 
 @dataclass(frozen=True)

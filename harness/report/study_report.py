@@ -24,8 +24,8 @@ from mlflow.entities import Run
 
 from harness.report.paired import artifact_text, best_vs_baselines_logged, study_bootstrap
 from harness.report.tables import trial_rows
-from harness.stats.metrics import PairedResult
-from harness.tracking.runs import ROLE_TAG, RunReader
+from harness.stats import PairedResult
+from harness.tracking import ROLE_TAG, RunReader
 
 if TYPE_CHECKING:
     from harness.report.markdown import ScoredRun

@@ -8,7 +8,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from harness.stats.metrics import METRICS
+from harness.stats import METRICS
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.core.errors import HarnessError
+from harness.core import HarnessError
 from harness.stats.metrics import PairedResult, paired_bootstrap
 
 #: Params that must agree for two runs to have scored the same test rows.

@@ -22,7 +22,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from harness.core.errors import HarnessError
+from harness.core import HarnessError
 
 METRICS: tuple[str, ...] = ("auc", "accuracy", "f1", "precision", "recall")
 

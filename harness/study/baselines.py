@@ -14,13 +14,16 @@ from __future__ import annotations
 import logging
 import time
 
-from harness.models.base import Model
-from harness.models.embedding import EmbeddingModel
-from harness.models.inputs import EmbeddingInputs
-from harness.models.length import LengthModel
-from harness.models.text import MajorityModel, TfidfModel
+from harness.models import (
+    EmbeddingInputs,
+    EmbeddingModel,
+    LengthModel,
+    MajorityModel,
+    Model,
+    TfidfModel,
+)
 from harness.study.trial import StudyContext, log_model_run
-from harness.tracking.runs import ROLE_TAG, Tracker
+from harness.tracking import ROLE_TAG, Tracker
 
 log = logging.getLogger("harness")
 

@@ -15,10 +15,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from harness.report.tables import FINISHED, n_covered, n_finished
+from harness.report import FINISHED, n_covered, n_finished
 from harness.study.trial import Objective, StudyContext, TrialFailed
-from harness.tracking.metadata import DESCRIPTION_TAG, describe_model
-from harness.tracking.mlflow_model import promote
+from harness.tracking import DESCRIPTION_TAG, describe_model, promote
 
 #: fail reason of a trial that started after the study's target was already covered
 NOT_NEEDED = "not needed: other workers' trials reached the target as this one started"

@@ -12,12 +12,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from harness.report.paired import best_vs_baselines_logged
-from harness.report.study_report import baseline_rows, log_report
-from harness.stats.compare import baseline_diff_metrics
-from harness.stats.metrics import PairedResult
+from harness.report import baseline_rows, best_vs_baselines_logged, log_report
+from harness.stats import PairedResult, baseline_diff_metrics
 from harness.study.baselines import run_baselines
-from harness.tracking.runs import RunReader
+from harness.tracking import RunReader
 
 log = logging.getLogger("harness")
 

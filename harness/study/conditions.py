@@ -25,17 +25,15 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.core.errors import HarnessError
-from harness.report.figures import forest_plot, heatmap_comparison
-from harness.report.markdown import Figure, ScoredRun, md_table
-from harness.stats.compare import RunPredictions, compare_runs
-from harness.stats.metrics import PairedResult
+from harness.core import HarnessError
+from harness.report import Figure, ScoredRun, forest_plot, heatmap_comparison, md_table
+from harness.stats import PairedResult, RunPredictions, compare_runs
 from harness.study.inputs import load_data
 from harness.study.intermediary import BASELINE_RUN, check_leaks
 from harness.study.study import open_stores, prepare, run_trials, summarize
 from harness.study.sweep import HeadScore, ensure_sweep, grid, ranking
-from harness.studyfile.schema import StudyConfig, load_study_file
-from harness.tracking.runs import ROLE_TAG, Tracker
+from harness.studyfile import StudyConfig, load_study_file
+from harness.tracking import ROLE_TAG, Tracker
 
 log = logging.getLogger("harness")
 
@@ -239,7 +237,7 @@ def compare_conditions(
     config: StudyConfig, results: list[ConditionResult], tracking_uri: str | None
 ) -> Comparison:
     """Write the report and log it as ``report/`` on the comparison run of ``config.name``."""
-    from harness.studyfile.urls import default_tracking_uri
+    from harness.studyfile import default_tracking_uri
 
     uri = default_tracking_uri(tracking_uri, config.tracking_uri)
     paired = paired_differences(config, results)

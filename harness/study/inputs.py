@@ -13,19 +13,21 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from harness.core.errors import HarnessError
-from harness.data.datasets import Dataset, load_dataset
-from harness.data.split import Split, make_split
-from harness.report.tables import n_finished
-from harness.studyfile.schema import StudyConfig, load_study_file
-from harness.studyfile.urls import default_tracking_uri, validate_storage_url, validate_tracking_uri
-from harness.tracking.preflight import storage_exists
-from harness.tracking.storage import make_storage
+from harness.core import HarnessError
+from harness.data import Dataset, Split, load_dataset, make_split
+from harness.report import n_finished
+from harness.studyfile import (
+    StudyConfig,
+    default_tracking_uri,
+    load_study_file,
+    validate_storage_url,
+    validate_tracking_uri,
+)
+from harness.tracking import make_storage, storage_exists
 
 if TYPE_CHECKING:
-    from harness.attention.cache import AttentionCache
-    from harness.encoders.finetune import Finetuned
-    from harness.encoders.load import Encoder
+    from harness.attention import AttentionCache
+    from harness.encoders import Encoder, Finetuned
 
 log = logging.getLogger("harness")
 

@@ -23,17 +23,15 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from harness.encoders.load import Encoder
-from harness.tracking.predict import ARTIFACT
+from harness.encoders import Encoder
+from harness.tracking import ARTIFACT
 
 if TYPE_CHECKING:
-
-    from harness.data.datasets import Dataset
-    from harness.data.split import Split
-    from harness.encoders.finetune import Finetuned
+    from harness.data import Dataset, Split
+    from harness.encoders import Finetuned
     from harness.study.trial import StudyContext
-    from harness.studyfile.schema import StudyConfig
-    from harness.tracking.runs import Tracker
+    from harness.studyfile import StudyConfig
+    from harness.tracking import Tracker
 
 log = logging.getLogger("harness")
 
@@ -50,7 +48,7 @@ def finetune_for_study(
     when the study file has no ``encoder.finetune``. Refuses a leaking file first."""
     if config.encoder.finetune is None:
         return None
-    from harness.encoders.finetune import finetune_encoder
+    from harness.encoders import finetune_encoder
 
     return finetune_encoder(
         base,
@@ -66,7 +64,7 @@ def check_leaks(config: StudyConfig, dataset: Dataset, split: Split) -> None:
     """The leak check alone (reads the intermediary file, trains nothing): a comparison
     runs it for every condition before its first sub-study exists."""
     if config.encoder.finetune is not None:
-        from harness.encoders.guard import finetune_data
+        from harness.encoders import finetune_data
 
         finetune_data(config.encoder.finetune, dataset, split)
 
@@ -131,7 +129,7 @@ def ensure_baseline(ctx: StudyContext, finetuned: Finetuned) -> str:
     found = ctx.tracker.find_children(ctx.parent_run_id, "baseline", BASELINE_RUN)
     if found:
         return found[0]
-    from harness.models.finetuned import FinetunedModel
+    from harness.models import FinetunedModel
     from harness.study.trial import log_model_run
 
     ref = {
@@ -141,5 +139,3 @@ def ensure_baseline(ctx: StudyContext, finetuned: Finetuned) -> str:
     }
     model = FinetunedModel(finetuned.path, ref, ctx.dataset.positive_label)
     return log_model_run(ctx, model, BASELINE_RUN, "baseline", {"classifier": "finetuned"})
-
-

@@ -18,17 +18,13 @@ import logging
 
 import optuna
 
-from harness.core.errors import HarnessError
-from harness.report.paired import artifact_text
-from harness.report.study_report import log_report, repeat_rows
-from harness.report.tables import trial_rows
+from harness.core import HarnessError
+from harness.report import artifact_text, log_report, repeat_rows, trial_rows
 from harness.study.search import suggest
 from harness.study.study import StudySession, open_stores, prepare
 from harness.study.trial import StudyContext, fit_and_log, model_for
-from harness.studyfile.schema import parse_study
-from harness.studyfile.urls import local_path
-from harness.tracking.runs import ROLE_TAG, RunReader, Tracker
-from harness.tracking.storage import make_storage
+from harness.studyfile import local_path, parse_study
+from harness.tracking import ROLE_TAG, RunReader, Tracker, make_storage
 
 log = logging.getLogger("harness")
 

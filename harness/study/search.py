@@ -11,15 +11,17 @@ from typing import Any
 
 import optuna
 
-from harness.studyfile.schema import StudyConfig
-from harness.studyfile.space import Top, head_choice_name
-from harness.studyfile.space import Range, SearchConfig
-from harness.studyfile.specs import (
+from harness.studyfile import (
     HPARAMS,
     ClassifierSpec,
     FeatureSpec,
     Map,
     ProbeSpec,
+    Range,
+    SearchConfig,
+    StudyConfig,
+    Top,
+    head_choice_name,
     is_pairs,
     make_spec,
 )

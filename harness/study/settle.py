@@ -25,11 +25,10 @@ from datetime import datetime
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.core.fs import waiting_lock
+from harness.core import waiting_lock
 from harness.study.callbacks import NOT_NEEDED
 from harness.study.workers import PARENT_ATTR
-from harness.tracking.runs import Tracker
-from harness.tracking.storage import WORKER_ATTR, WorkerLease
+from harness.tracking import WORKER_ATTR, Tracker, WorkerLease
 
 log = logging.getLogger("harness")
 

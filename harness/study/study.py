@@ -21,12 +21,10 @@ from pathlib import Path
 import optuna
 import torch
 
-from harness.attention.extract import extract_attention
-from harness.core.errors import HarnessError
-from harness.core.fs import default_cache_dir
-from harness.core.runtime import train_threads
-from harness.encoders.load import check_encoder, load_encoder
-from harness.report.tables import n_covered, n_finished, n_pruned, trial_rows
+from harness.attention import extract_attention
+from harness.core import HarnessError, default_cache_dir, train_threads
+from harness.encoders import check_encoder, load_encoder
+from harness.report import n_covered, n_finished, n_pruned, trial_rows
 from harness.study.callbacks import (
     ProgressLine,
     SkipSurplus,
@@ -56,14 +54,14 @@ from harness.study.workers import (
     parent_run,
     start_workers,
 )
-from harness.studyfile.schema import StudyConfig
-from harness.studyfile.space import Top
-from harness.tracking.preflight import check_study, store_outage
-from harness.tracking.runs import Tracker
-from harness.tracking.storage import (
+from harness.studyfile import StudyConfig, Top
+from harness.tracking import (
+    Tracker,
     WorkerLease,
+    check_study,
     heartbeat_interval,
     make_storage,
+    store_outage,
 )
 
 log = logging.getLogger("harness")

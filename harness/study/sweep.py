@@ -21,13 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.attention.cache import AttentionCache
-from harness.data.datasets import Dataset
-from harness.data.split import Split
-from harness.models.inputs import AttentionInputs
-from harness.models.probe import LinearProbe
-from harness.stats.metrics import bootstrap_ci, bootstrap_indices, compute_metrics
-from harness.studyfile.specs import FeatureSpec, Map, ProbeSpec, map_name
+from harness.attention import AttentionCache
+from harness.data import Dataset, Split
+from harness.models import AttentionInputs, LinearProbe
+from harness.stats import bootstrap_ci, bootstrap_indices, compute_metrics
+from harness.studyfile import FeatureSpec, Map, ProbeSpec, map_name
 
 log = logging.getLogger("harness")
 
@@ -158,7 +156,7 @@ def log_sweep(
 ) -> str:
     """The sweep as a child run of the study's parent (tag ``harness.role=probe``):
     ``heads.csv``, ``heads.png`` (validation AUC heatmap), the best map's scores."""
-    from harness.report.figures import head_heatmap
+    from harness.report import head_heatmap
 
     run_id = tracker.start_child(
         parent_id,

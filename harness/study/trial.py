@@ -15,29 +15,33 @@ from typing import Any
 
 import optuna
 
-from harness.attention.cache import AttentionCache
-from harness.data.datasets import Dataset
-from harness.data.split import Split
-from harness.models.base import EpochCallback, FitResult, Model
-from harness.models.evaluate import Evaluation, evaluate, write_predictions
-from harness.models.inputs import AttentionInputs
-from harness.models.probe import LinearProbe
-from harness.models.reader import ReaderModel
-from harness.models.train import TrainSettings
+from harness.attention import AttentionCache
+from harness.data import Dataset, Split
+from harness.models import (
+    AttentionInputs,
+    EpochCallback,
+    Evaluation,
+    FitResult,
+    LinearProbe,
+    Model,
+    ReaderModel,
+    TrainSettings,
+    evaluate,
+    write_predictions,
+)
 from harness.study.search import TrialSpec, make_sampler, suggest
-from harness.studyfile.schema import StudyConfig
-from harness.studyfile.specs import PROBES, Map
-from harness.tracking.metadata import (
+from harness.studyfile import PROBES, Map, StudyConfig
+from harness.tracking import (
     DESCRIPTION_TAG,
+    WORKER_ATTR,
+    Tracker,
     dataset_input,
     describe_model,
     describe_run,
+    log_pyfunc,
     provenance_tags,
+    store_outage,
 )
-from harness.tracking.mlflow_model import log_pyfunc
-from harness.tracking.preflight import store_outage
-from harness.tracking.runs import Tracker
-from harness.tracking.storage import WORKER_ATTR
 
 log = logging.getLogger("harness")
 

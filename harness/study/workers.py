@@ -23,12 +23,16 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from harness.core import __version__
-from harness.core.fs import default_cache_dir
-from harness.studyfile.schema import StudyConfig
-from harness.tracking.metadata import DESCRIPTION_TAG, dataset_input, provenance_tags
-from harness.tracking.runs import Tracker, dumps
-from harness.tracking.storage import WorkerLease
+from harness.core import __version__, default_cache_dir
+from harness.studyfile import StudyConfig
+from harness.tracking import (
+    DESCRIPTION_TAG,
+    Tracker,
+    WorkerLease,
+    dataset_input,
+    dumps,
+    provenance_tags,
+)
 
 if TYPE_CHECKING:
     from harness.study.inputs import Prepared

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticUndefined
 
-from harness.core.errors import HarnessError
+from harness.core import HarnessError
 
 EXAMPLE_STUDY = "studies/smoke.yaml"
 M = TypeVar("M", bound=BaseModel)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from harness.core.errors import HarnessError
+from harness.core import HarnessError
 from harness.studyfile.parse import StudyKeyError, did_you_mean, dotted, parse, place, read_text
 from harness.studyfile.space import SearchConfig, Strict
 from harness.studyfile.urls import DEFAULT_STORAGE, validate_storage_url, validate_tracking_uri

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, fields
 
-from harness.core.errors import HarnessError
+from harness.core import HarnessError
 
 REDUCERS = ("sum", "mean", "max", "concat", "stack")
 VIEWS = ("rows", "stats", "relative")

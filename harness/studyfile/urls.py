@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from harness.core.errors import HarnessError
+from harness.core import HarnessError
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 

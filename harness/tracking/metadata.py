@@ -19,8 +19,7 @@ from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag
 
 from harness.core import __version__
-from harness.data.datasets import Dataset
-from harness.data.split import Split
+from harness.data import Dataset, Split
 
 DESCRIPTION_TAG = "mlflow.note.content"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"

@@ -32,8 +32,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
 from harness.core import __version__
-from harness.encoders.load import ALIASES
-from harness.models.base import Model
+from harness.encoders import ALIASES
+from harness.models import Model
 
 #: the artifact path (and logged-model name) of every harness model
 MODEL_NAME = "model"

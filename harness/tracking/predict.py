@@ -23,10 +23,10 @@ from filelock import FileLock
 from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
-from harness.core.errors import HarnessError
-from harness.encoders.load import cached_encoder, encoders_dir, fingerprint
-from harness.models.base import Model, load_model, read_config
-from harness.studyfile.urls import default_tracking_uri
+from harness.core import HarnessError
+from harness.encoders import cached_encoder, encoders_dir, fingerprint
+from harness.models import Model, load_model, read_config
+from harness.studyfile import default_tracking_uri
 from harness.tracking.runs import RunReader, check_tracking_uri
 
 log = logging.getLogger("harness")

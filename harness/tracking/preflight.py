@@ -17,9 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from harness.core.errors import HarnessError
-from harness.core.fs import check_writable_dir, check_writable_file, os_reason
-from harness.studyfile.urls import local_path, sqlalchemy_url
+from harness.core import HarnessError, check_writable_dir, check_writable_file, os_reason
+from harness.studyfile import local_path, sqlalchemy_url
 
 #: seconds a store may take to answer before preflight gives up on it
 CONNECT_TIMEOUT_S = 5
@@ -83,7 +82,7 @@ def check_study(
     (extraction, a study, an experiment): the cache folder (which also holds the workers'
     leases), the Optuna storage, the tracking store, and the artifact folder of a local
     tracking store (a server keeps its own)."""
-    from harness.studyfile.urls import is_local_store
+    from harness.studyfile import is_local_store
 
     check_writable_dir(cache_dir, "attention cache folder", "cache_dir or HARNESS_CACHE_DIR")
     check_storage(storage_url)

@@ -21,9 +21,8 @@ from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from harness.core.errors import HarnessError
-from harness.core.fs import sqlite_init_lock
-from harness.studyfile.urls import default_tracking_uri, is_local_store, local_path, sqlalchemy_url
+from harness.core import HarnessError, sqlite_init_lock
+from harness.studyfile import default_tracking_uri, is_local_store, local_path, sqlalchemy_url
 from harness.tracking.preflight import check_tracking_exists, store_outage
 
 ROLE_TAG = "harness.role"

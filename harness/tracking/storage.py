@@ -39,9 +39,8 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.core.errors import HarnessError
-from harness.core.fs import sqlite_init_lock
-from harness.studyfile.urls import local_path, sqlalchemy_url
+from harness.core import HarnessError, sqlite_init_lock
+from harness.studyfile import local_path, sqlalchemy_url
 
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 

@@ -26,8 +26,7 @@ from harness.cli.commands import (
     cmd_study_run,
 )
 from harness.cli.serve import cmd_dashboard, cmd_ui
-from harness.core.errors import EXIT_USER_ERROR, HarnessError
-from harness.core.runtime import setup_logging
+from harness.core import EXIT_USER_ERROR, HarnessError, setup_logging
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,9 +82,9 @@ def _url(store: str) -> Callable[[str], str]:
 
     def parse(text: str) -> str:
         if store == "storage":
-            from harness.studyfile.urls import validate_storage_url as check
+            from harness.studyfile import validate_storage_url as check
         else:
-            from harness.studyfile.urls import validate_tracking_uri as check
+            from harness.studyfile import validate_tracking_uri as check
         try:
             return check(text)
         except ValueError as exc:
@@ -228,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.tracking.preflight import bound_mlflow_retries
+    from harness.tracking import bound_mlflow_retries
 
     bound_mlflow_retries()  # before any MLflow client: a lost server fails in seconds
     parser = build_parser()

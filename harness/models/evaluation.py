@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.data.datasets import Dataset
-from harness.data.split import Split
+from harness.data import Dataset, Split
 from harness.models.base import Model
-from harness.stats.metrics import METRICS, bootstrap_ci, compute_metrics
+from harness.stats import METRICS, bootstrap_ci, compute_metrics
 
 PREDICTION_HEADER = ("index", "row_id", "label", "probability", "text")
 
