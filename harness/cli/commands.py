@@ -210,6 +210,20 @@ def cmd_study_repeat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study_evaluate(args: argparse.Namespace) -> int:
+    from harness.study import evaluate_study, format_evaluation
+
+    result = evaluate_study(
+        args.name,
+        top=args.top,
+        nested=args.nested,
+        storage=args.storage,
+        tracking_uri=args.tracking_uri,
+    )
+    print(format_evaluation(result), end="")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from harness.report import compare_logged
     from harness.stats import format_comparison

@@ -1,5 +1,5 @@
 """``harness`` command line: the argument parser and ``main`` (study run / best / report /
-repeat, heads, compare, predict, ui, dashboard, data fetch); the command bodies live in
+repeat / evaluate, heads, compare, predict, ui, dashboard, data fetch); the bodies live in
 ``harness.cli.commands`` and ``harness.cli.serve``.
 
 User mistakes (``HarnessError`` and argparse errors alike) print one line,
@@ -21,6 +21,7 @@ from harness.cli.commands import (
     cmd_heads,
     cmd_predict,
     cmd_study_best,
+    cmd_study_evaluate,
     cmd_study_repeat,
     cmd_study_report,
     cmd_study_run,
@@ -164,6 +165,28 @@ def _add_study_commands(sub: argparse._SubParsersAction) -> None:
     repeat.add_argument("--tracking-uri", type=_url("tracking"), help="MLflow tracking URI")
     repeat.add_argument("--quiet", action="store_true", help="no info logs")
     repeat.set_defaults(func=cmd_study_repeat)
+
+    evaluate = study.add_parser(
+        "evaluate",
+        help="cross-validate the best trials and the baselines over every sentence",
+    )
+    evaluate.add_argument("name")
+    evaluate.add_argument(
+        "--top", type=_positive_int, help="best trials to evaluate (default: evaluation.top)"
+    )
+    evaluate.add_argument(
+        "--nested",
+        action="store_true",
+        help="run the study's own search inside each outer fold (unbiased estimate)",
+    )
+    evaluate.add_argument(
+        "--storage",
+        type=_url("storage"),
+        help="Optuna storage URL (default: the study file's storage)",
+    )
+    evaluate.add_argument("--tracking-uri", type=_url("tracking"), help="MLflow tracking URI")
+    evaluate.add_argument("--quiet", action="store_true", help="no info logs")
+    evaluate.set_defaults(func=cmd_study_evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

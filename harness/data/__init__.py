@@ -11,6 +11,6 @@ __getattr__, __dir__, __all__ = attach(
     {
         "datasets": ["Dataset", "fetch_dataset", "load_dataset"],
         "readers": ["read_texts"],
-        "split": ["Split", "make_split"],
+        "split": ["Fold", "Split", "folds_sha256", "make_folds", "make_split"],
     },
 )

@@ -1,8 +1,17 @@
-"""Train/validation/test splits: stratified by label and, with groups, no group (article)
-across two splits, so sentences of one article cannot leak from train into test."""
+"""Train/validation/test splits and cross-validation folds: stratified by label and, with
+groups, no group (article) across two parts, so sentences of one article cannot leak from
+train into test.
+
+A single split scores a few hundred sentences; ``make_folds`` gives repeated, grouped,
+stratified K-fold splits whose test folds together score every sentence once per repeat.
+Each fold's training part is cut again (``inner``) for early stopping and, in nested
+selection, for a search of its own, so the outer test fold never reaches either.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 
@@ -132,3 +141,97 @@ def _assign_groups(
         group_split[g] = s
         filled[s] += per_group[g]
     return group_split[inverse]
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Outer fold ``index`` of repeat ``repeat``: ``split.test`` is the fold, ``split.train``
+    and ``split.val`` cut the rest (the model trains on one and stops early on the other)."""
+
+    repeat: int
+    index: int
+    split: Split
+
+    @property
+    def name(self) -> str:
+        return f"r{self.repeat}f{self.index}"
+
+    def inner(self, dataset: Dataset, seed: int) -> Split:
+        """A train/val/test split of this fold's training rows only (train and val
+        together), for a search that must not see the outer test fold."""
+        rows = np.sort(np.concatenate([self.split.train, self.split.val]))
+        n_parts = max(3, round(len(rows) / max(len(self.split.val), 1)))
+        parts = _grouped_parts(dataset, rows, n_parts, seed, self.split.group_by is not None)
+        return Split(
+            np.sort(np.concatenate(parts[2:])), parts[0], parts[1], seed, self.split.group_by
+        )
+
+
+def make_folds(
+    dataset: Dataset,
+    *,
+    folds: int = 5,
+    repeats: int = 2,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    group_by: bool = True,
+) -> list[Fold]:
+    """``repeats`` × ``folds`` outer folds over every row: grouped (no group in two
+    folds) and stratified (``StratifiedGroupKFold``), reshuffled per repeat (seed
+    ``seed + repeat``). Each fold's training part is cut the same way into train and a
+    validation part of about ``val_fraction`` of the data, grouped too."""
+    if folds < 2 or repeats < 1:
+        raise HarnessError(f"evaluation needs folds >= 2 and repeats >= 1, got {folds}, {repeats}")
+    group_name = (
+        (dataset.group_column or "group") if group_by and dataset.groups is not None else None
+    )
+    rows = np.arange(len(dataset))
+    out = []
+    for r in range(repeats):
+        parts = _grouped_parts(dataset, rows, folds, seed + r, group_by)
+        n_inner = max(2, round((1 - 1 / folds) / val_fraction))
+        for k, test in enumerate(parts):
+            rest = np.setdiff1d(rows, test)
+            inner = _grouped_parts(dataset, rest, n_inner, seed + r, group_by)
+            train = np.sort(np.concatenate(inner[1:]))
+            split = Split(train, inner[0], test, seed + r, group_name)
+            for part, name in ((train, "train"), (inner[0], "val"), (test, "test")):
+                _check_part(dataset, part, f"the {name} part of fold {k} (repeat {r})")
+            out.append(Fold(r, k, split))
+    return out
+
+
+def folds_sha256(folds: list[Fold]) -> str:
+    """One hash of every fold's rows: a study records it like its split's."""
+    record = [[f.repeat, f.index, f.split.to_dict()] for f in folds]
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def _grouped_parts(
+    dataset: Dataset, rows: np.ndarray, n_parts: int, seed: int, group_by: bool = True
+) -> list[np.ndarray]:
+    """``rows`` cut into ``n_parts`` sorted parts, stratified by label, no group in two."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels = dataset.labels[rows]
+    if group_by and dataset.groups is not None:
+        groups = dataset.groups[rows].astype(str)
+    else:
+        groups = rows  # one row per group: plain stratified folds
+    n_groups = len(np.unique(groups))
+    if n_groups < n_parts or min(np.bincount(labels, minlength=2)) < n_parts:
+        raise HarnessError(
+            f"{dataset.source}: {len(rows)} rows in {n_groups} groups cannot be cut into "
+            f"{n_parts} stratified parts; use fewer evaluation.folds or more rows"
+        )
+    cv = StratifiedGroupKFold(n_splits=n_parts, shuffle=True, random_state=seed)
+    return [np.sort(rows[test]) for _, test in cv.split(rows, labels, groups)]
+
+
+def _check_part(dataset: Dataset, rows: np.ndarray, what: str) -> None:
+    counts = np.bincount(dataset.labels[rows], minlength=2)
+    if counts.min() < 2:
+        raise HarnessError(
+            f"{what} of {dataset.source} got {counts[0]} negative and {counts[1]} positive "
+            "rows (each part needs >= 2 of each class); use more rows or fewer evaluation.folds"
+        )

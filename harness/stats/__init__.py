@@ -17,6 +17,10 @@ __getattr__, __dir__, __all__ = attach(
             "bootstrap_ci",
             "bootstrap_indices",
             "compute_metrics",
+            "CorrectedT",
+            "corrected_t_test",
+            "pooled_ci",
+            "pooled_paired",
         ],
     },
 )

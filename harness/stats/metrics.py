@@ -5,7 +5,9 @@ percentile-bootstrap interval. The vectorized bootstrap reproduces the obvious
 sklearn-in-a-loop computation (``bootstrap_ci_reference``) to float rounding, about a
 thousand times faster, so the interval can be computed for every run instead of only at the end.
 ``paired_bootstrap`` uses the same resampling to say whether one model beats another on the
-same test rows.
+same test rows. Cross-validation adds pooled out-of-fold intervals over every sentence
+(``pooled_ci``, ``pooled_paired``) and the corrected t-test across folds
+(``corrected_t_test``).
 """
 
 from __future__ import annotations
@@ -317,3 +319,117 @@ def paired_bootstrap(
         confidence=confidence,
         n_resamples=int(diffs.size),
     )
+
+
+def _pooled(y: np.ndarray, probs: np.ndarray, idx: np.ndarray, threshold: float) -> dict:
+    """Every metric on resamples ``idx`` of each repeat's out-of-fold predictions
+    (``probs`` [R, n]), averaged over the repeats: one resample draws the same sentences
+    for every repeat, so the interval is over sentences, as the question is."""
+    per_repeat = [_metrics_for_resamples(y, p, idx, threshold) for p in probs]
+    return {m: np.mean([r[m] for r in per_repeat], axis=0) for m in METRICS}
+
+
+def pooled_ci(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    threshold: float = 0.5,
+) -> dict[str, list[float]]:
+    """Metric -> ``[value, ci_low, ci_high]`` of pooled out-of-fold predictions.
+
+    ``probs`` is [repeats, n]: each repeat of K-fold cross-validation predicts every
+    sentence once. The value is the metric over all n sentences, averaged over repeats;
+    the percentile interval resamples sentences (the same ones in every repeat)."""
+    probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+    y, _ = _validate(labels, probs[0], threshold)
+    _validate_confidence(confidence)
+    full = np.arange(len(y))[None, :]
+    value = _pooled(y, probs, full, threshold)
+    boot = _pooled(y, probs, bootstrap_indices(len(y), n_resamples, seed), threshold)
+    out = {}
+    for m in METRICS:
+        lo, hi = _percentile_interval(boot[m], confidence)
+        out[m] = [float(value[m][0]), lo, hi]
+    return out
+
+
+def pooled_paired(
+    labels: np.ndarray,
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    metric: str = "auc",
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    threshold: float = 0.5,
+) -> PairedResult:
+    """``paired_bootstrap`` for pooled out-of-fold predictions [repeats, n] of two models
+    on the same folds: A − B of the repeat-averaged metric, on shared resamples."""
+    if metric not in METRICS:
+        raise HarnessError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    pa = np.atleast_2d(np.asarray(probs_a, dtype=np.float64))
+    pb = np.atleast_2d(np.asarray(probs_b, dtype=np.float64))
+    y, _ = _validate(labels, pa[0], threshold)
+    _validate_confidence(confidence)
+    full = np.arange(len(y))[None, :]
+    a = float(_pooled(y, pa, full, threshold)[metric][0])
+    b = float(_pooled(y, pb, full, threshold)[metric][0])
+    idx = bootstrap_indices(len(y), n_resamples, seed)
+    diffs = _pooled(y, pa, idx, threshold)[metric] - _pooled(y, pb, idx, threshold)[metric]
+    diffs = diffs[~np.isnan(diffs)]
+    lo, hi = _percentile_interval(diffs, confidence)
+    return PairedResult(
+        a=a,
+        b=b,
+        diff=a - b,
+        ci_low=lo,
+        ci_high=hi,
+        p_value=_two_sided_p(diffs),
+        metric=metric,
+        confidence=confidence,
+        n_resamples=int(diffs.size),
+    )
+
+
+@dataclass(frozen=True)
+class CorrectedT:
+    """Nadeau & Bengio's corrected resampled t-test of per-fold differences A − B."""
+
+    diff: float
+    ci_low: float
+    ci_high: float
+    t: float
+    p_value: float
+    df: int
+
+
+def corrected_t_test(
+    diffs: np.ndarray, n_train: float, n_test: float, confidence: float = 0.95
+) -> CorrectedT:
+    """Corrected resampled t-test (Nadeau & Bengio, 2003) over J = folds × repeats diffs.
+
+    Folds share training rows, so their differences are correlated and the plain t-test's
+    variance s²/J is too small. The correction uses (1/J + n_test/n_train)·s² instead,
+    with J − 1 degrees of freedom; ``n_train`` and ``n_test`` are the rows a fold trains
+    and tests on (their means, if folds differ in size)."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.ndim != 1 or d.size < 2:
+        raise HarnessError(f"the corrected t-test needs >= 2 fold differences, got {d.size}")
+    _validate_confidence(confidence)
+    j = d.size
+    mean = float(d.mean())
+    se = math.sqrt((1 / j + n_test / n_train) * float(d.var(ddof=1)))
+    df = j - 1
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
+    if se == 0:
+        t, p = (0.0, 1.0) if mean == 0 else (math.copysign(math.inf, mean), 0.0)
+    else:
+        t = mean / se
+        p = float(2 * stats.t.sf(abs(t), df))
+    return CorrectedT(mean, mean - half, mean + half, t, p, df)

@@ -13,6 +13,7 @@ __getattr__, __dir__, __all__ = attach(
     {
         "conditions": ["run_conditions"],
         "repeat": ["repeat_study"],
+        "crossval": ["CrossValidation", "evaluate_study", "format_evaluation"],
         "study": ["run_head_sweep", "run_study"],
         "sweep": ["format_top"],
     },

@@ -83,7 +83,7 @@ def repeat_trial(ctx: StudyContext, trial: optuna.trial.FrozenTrial, seed: int) 
     return run_id
 
 
-def _top_trials(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
+def top_trials(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     ranked = sorted(done, key=lambda t: (-t.value, t.number))[:top]
     if not ranked:
@@ -99,7 +99,7 @@ def run_repeats(session: StudySession, top: int, n_seeds: int) -> list[dict]:
     ctx, study = session.ctx, session.study
     done = logged_repeats(ctx.tracker, ctx.parent_run_id)
     seeds = [ctx.config.train.seed + i for i in range(n_seeds)]
-    trials = _top_trials(study, top)
+    trials = top_trials(study, top)
     for trial in trials:
         for seed in seeds:
             if (trial.number, seed) in done:
@@ -144,12 +144,12 @@ def repeat_study(
         raise HarnessError(f"--top and --seeds must be >= 1, got {top} and {n_seeds}")
     config = study_file_of(RunReader(tracking_uri), name)
     prepared = prepare(config, storage=storage, tracking_uri=tracking_uri, progress=False)
-    _top_trials(_existing_study(name, prepared.storage_url), top)  # refuse before opening
+    top_trials(existing_study(name, prepared.storage_url), top)  # refuse before opening
     with open_stores(prepared) as session:
         return run_repeats(session, top, n_seeds)
 
 
-def _existing_study(name: str, url: str) -> optuna.Study:
+def existing_study(name: str, url: str) -> optuna.Study:
     """The study in ``url``; never create one (``open_stores`` would)."""
     path = local_path(url)
     try:

@@ -68,6 +68,19 @@ class SplitConfig(Strict):
         return self
 
 
+class EvaluationConfig(Strict):
+    """``harness study evaluate``: repeated, grouped, stratified K-fold cross-validation
+    over every sentence (``data.make_folds``)."""
+
+    folds: int = Field(default=5, ge=2)
+    repeats: int = Field(default=2, ge=1)
+    seed: int = 0
+    #: configurations ``study evaluate`` scores by default: the study's K best trials
+    top: int = Field(default=3, ge=1)
+    #: evaluate at the end of ``study run`` (``studies/babe-cv.yaml``)
+    after_search: bool = False
+
+
 class TrainConfig(Strict):
     epochs: int = Field(default=10, gt=0)
     patience: int = Field(default=3, gt=0)
@@ -269,6 +282,7 @@ class StudyConfig(Strict):
     encoder: EncoderConfig = EncoderConfig()
     train: TrainConfig = TrainConfig()
     bootstrap: BootstrapConfig = BootstrapConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     n_trials: int = Field(default=20, gt=0)
     timeout: float | None = Field(default=None, gt=0)
     sampler: SamplerConfig = SamplerConfig()

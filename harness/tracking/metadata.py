@@ -9,8 +9,11 @@ say what produced a number long after the environment is gone.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
+import sys
+from contextlib import suppress
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -97,10 +100,26 @@ def _versions() -> dict[str, str]:
     return tags
 
 
+def _machine() -> dict[str, str]:
+    """What a run's numbers depend on beyond the code: the CPU's kernels differ by model,
+    and torch's reductions by thread count (docs/statistics.md, "Reproducibility")."""
+    cpu = platform.processor() or platform.machine()
+    with suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    tags = {"harness.cpu": cpu, "harness.cpu_count": str(os.cpu_count())}
+    torch = sys.modules.get("torch")  # never imported here just to ask
+    if torch is not None:
+        tags["harness.torch_threads"] = str(torch.get_num_threads())
+    return tags
+
+
 def provenance_tags(encoder_fingerprint: str) -> dict[str, str]:
-    """Versions, the git commit (when the harness runs from a checkout) and the encoder's
-    weight fingerprint."""
-    tags = {**_versions(), "harness.encoder_fingerprint": encoder_fingerprint}
+    """Versions, the machine, the git commit (when the harness runs from a checkout) and
+    the encoder's weight fingerprint."""
+    tags = {**_versions(), **_machine(), "harness.encoder_fingerprint": encoder_fingerprint}
     commit = _git_commit()
     if commit:
         tags[GIT_COMMIT_TAG] = commit
