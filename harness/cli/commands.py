@@ -27,7 +27,8 @@ def cmd_study_run(args: argparse.Namespace) -> int:
     from harness.study import run_study
     from harness.studyfile import default_tracking_uri, load_config
 
-    if load_config(args.file).encoder.conditions is not None:
+    config = load_config(args.file)
+    if config.encoder.conditions is not None:
         return cmd_conditions(args)
     summary = run_study(
         args.file,
@@ -49,6 +50,12 @@ def cmd_study_run(args: argparse.Namespace) -> int:
             f"(95% CI {auc[1]:.3f}–{auc[2]:.3f}), run {best['run_id']}"
         )
         print(f'predict with: harness predict {best["run_id"]} "Some sentence."')
+    if config.evaluation.after_search and summary.best_trial is not None:
+        from harness.study import evaluate_study, format_evaluation
+
+        print()
+        cv = evaluate_study(summary.name, storage=args.storage, tracking_uri=summary.tracking_uri)
+        print(format_evaluation(cv), end="")
     ui = "harness ui" + (
         f" --tracking-uri {summary.tracking_uri}"
         if summary.tracking_uri != default_tracking_uri()
@@ -101,7 +108,7 @@ def cmd_heads(args: argparse.Namespace) -> int:
 
 def _print_conclusion(summary) -> None:
     """Baselines and paired differences under the trials table (``harness.study.conclude``)."""
-    from harness.report import format_baselines, format_paired
+    from harness.report import format_baselines, format_paired, verdict
 
     ending = summary.conclusion
     if ending is None:
@@ -115,6 +122,8 @@ def _print_conclusion(summary) -> None:
         }
         print()
         print(format_paired(paired, summary.rows[0]["trial"]))
+        print()
+        print(verdict(paired, ending.n_test, ending.n_sentences, summary.name))
     if ending.report:
         print(
             f"\nreport: {len(ending.report)} files under report/ of parent run "

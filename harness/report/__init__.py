@@ -19,6 +19,7 @@ __getattr__, __dir__, __all__ = attach(
             "describe_finished",
             "format_baselines",
             "format_paired",
+            "verdict",
             "format_table",
             "n_covered",
             "n_finished",

@@ -98,6 +98,29 @@ def format_baselines(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def verdict(paired: dict[str, list[float]], n_test: int, n_sentences: int, study: str) -> str:
+    """One plain sentence on what the split can tell: the best trial against the text
+    baselines (``embedding``, ``tfidf``; else all), and where to look when it cannot."""
+    text = {k: v for k, v in paired.items() if k in ("embedding", "tfidf")} or paired
+    parts = [f"vs {k}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for k, (d, lo, hi, _) in text.items()]
+    above = [k for k, (_, lo, _, _) in text.items() if lo > 0]
+    below = [k for k, (_, _, hi, _) in text.items() if hi < 0]
+    if above and len(above) == len(text):
+        finding = "the best trial beats them"
+    elif below and len(below) == len(text):
+        finding = "the best trial trails them"
+    elif above or below:
+        finding = (
+            f"better than {', '.join(above) or 'none'}, worse than {', '.join(below) or 'none'}"
+        )
+    else:
+        finding = "no detectable difference"
+    return (
+        f"best trial {', '.join(parts)}: {finding} on {n_test:,} test sentences; run "
+        f"`harness study evaluate {study}` for an estimate over all {n_sentences:,}"
+    )
+
+
 def format_paired(paired: dict[str, list[float]], best_trial: int | str) -> str:
     """Best trial − each baseline: ``{baseline: [diff, ci_low, ci_high, p]}``."""
     if not paired:

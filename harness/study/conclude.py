@@ -31,13 +31,16 @@ class Conclusion:
     report: list[str] = field(default_factory=list)
     #: wall seconds of each part (the bench reads them from the log line)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: test sentences of the split, and all sentences (what cross-validation would score)
+    n_test: int = 0
+    n_sentences: int = 0
 
 
 def conclude(session) -> Conclusion:
     """Fit missing baselines, log ``best_vs_<baseline>_auc_*`` to the parent, log the
     report; ``session`` is an open ``study.StudySession``."""
     ctx, study = session.ctx, session.study
-    out = Conclusion()
+    out = Conclusion(n_test=len(ctx.split.test), n_sentences=len(ctx.dataset))
     started = time.perf_counter()
     baseline_ids = run_baselines(ctx) if ctx.config.baselines else {}
     out.seconds["baselines"] = time.perf_counter() - started

@@ -14,9 +14,9 @@ out-of-fold prediction per repeat, and every contender is scored on all of them:
   out-of-fold rows, and Nadeau & Bengio's corrected t-test across folds × repeats.
 
 ``--nested`` answers "what does this study file find": inside each outer fold the study's
-own search (sampler, pruner, budget) runs on a train/val/test split of that fold's
-training part only, and the fold's winner is scored on the outer test fold. Inner trials
-are not logged; each fold's winner is.
+own search (sampler, pruner, budget; a head sweep of its own for ``{top: k}`` heads) runs
+on a train/val/test split of that fold's training part only, and the fold's winner is
+scored on the outer test fold. Inner trials are not logged; each fold's winner is.
 
 Each contender × fold is a child run (``harness.role=evaluate``, ``harness.contender``,
 ``harness.fold``) with weights and predictions, like a trial. A re-run finds those
@@ -52,9 +52,10 @@ from harness.stats import (
 from harness.study.baselines import make_baseline
 from harness.study.repeat import existing_study, study_file_of, top_trials
 from harness.study.search import make_pruner, make_sampler, suggest
-from harness.study.study import StudySession, open_stores, prepare
+from harness.study.study import StudySession, needs_ranking, open_stores, prepare
+from harness.study.sweep import SweepSettings, ranking, sweep_heads
 from harness.study.trial import StudyContext, annotate, fit_and_log, model_for
-from harness.studyfile import Top
+from harness.studyfile import Map
 from harness.tracking import ROLE_TAG, RunReader, Tracker
 
 log = logging.getLogger("harness")
@@ -159,17 +160,25 @@ def score_fold(
     return ev.test_probs
 
 
-def search_fold(ctx: StudyContext, fold: Fold) -> dict:
+def search_fold(ctx: StudyContext, fold: Fold) -> tuple[dict, list[Map] | None]:
     """The study's own search, run on a train/val/test split of the fold's training part
-    only (``Fold.inner``): its sampler, pruner and trial budget; the winner's params."""
+    only (``Fold.inner``): its sampler, pruner and trial budget, and for ``{top: k}``
+    heads a head sweep of its own on that split. The winner's params and the ranking."""
     config = ctx.config
     inner = fold.inner(ctx.dataset, config.evaluation.seed + fold.repeat)
-    ictx = dataclasses.replace(ctx, split=inner)
+    ranked = None
+    if needs_ranking(config):
+        boot = config.bootstrap
+        settings = SweepSettings(
+            n_resamples=boot.n_resamples, confidence=boot.confidence, seed=boot.seed
+        )
+        ranked = ranking(sweep_heads(ctx.cache, ctx.dataset, inner, settings, progress=False))
+    ictx = dataclasses.replace(ctx, split=inner, ranking=ranked)
     labels = ctx.dataset.labels
 
     def objective(trial: optuna.Trial) -> float:
         trial.study.sampler = make_sampler(config, trial.number)
-        spec = suggest(trial, config.search, ctx.ranking)
+        spec = suggest(trial, config.search, ranked)
         model = model_for(ictx, spec)
 
         def report(epoch: int, train_loss: float, val_auc: float) -> None:
@@ -187,10 +196,10 @@ def search_fold(ctx: StudyContext, fold: Fold) -> dict:
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise HarnessError(f"fold {fold.name}: no inner trial completed; see the log above")
-    return study.best_trial.params
+    return study.best_trial.params, ranked
 
 
-def _check_supported(ctx: StudyContext, nested: bool) -> None:
+def _check_supported(ctx: StudyContext) -> None:
     encoder = ctx.config.encoder
     if encoder.finetune is not None:
         raise HarnessError(
@@ -198,19 +207,13 @@ def _check_supported(ctx: StudyContext, nested: bool) -> None:
             "fine-tune per outer fold yet, so its folds would leak; evaluate a study on a "
             "pretrained or random-init encoder"
         )
-    if nested and any(isinstance(h, Top) for h in ctx.config.search.heads):
-        raise HarnessError(
-            f"study {ctx.config.name!r} chooses heads by the head sweep ({{top: k}}), which "
-            "ranks maps on the study's own validation split: `--nested` cannot rank them "
-            "per fold yet; use fixed heads, or `study evaluate` without --nested"
-        )
 
 
 def run_evaluation(session: StudySession, top: int, nested: bool) -> CrossValidation:
     """Score the contenders on every fold (reusing logged folds), then pool and pair."""
     ctx, study = session.ctx, session.study
     config, dataset = ctx.config, ctx.dataset
-    _check_supported(ctx, nested)
+    _check_supported(ctx)
     started = time.perf_counter()
     e = config.evaluation
     folds = make_folds(
@@ -242,9 +245,9 @@ def run_evaluation(session: StudySession, top: int, nested: bool) -> CrossValida
         def nested_build(fold: Fold) -> tuple[Callable, dict]:
             if (NESTED, fold.name) in done:
                 return (lambda fctx: None), {}
-            params = search_fold(ctx, fold)
+            params, ranked = search_fold(ctx, fold)
             winners[fold.name] = params
-            spec = suggest(optuna.trial.FixedTrial(params), config.search, ctx.ranking)
+            spec = suggest(optuna.trial.FixedTrial(params), config.search, ranked)
             return (lambda fctx: model_for(fctx, spec)), spec.params()
 
         plan.append((NESTED, False, f"{config.n_trials} trials per fold", nested_build))
