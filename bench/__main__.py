@@ -20,6 +20,7 @@ from pathlib import Path
 from bench.baselines import row_baselines
 from bench.bootstrap import row_bootstrap
 from bench.common import ROOT, Context, Row, load_average, log
+from bench.crossval import row_crossval
 from bench.extraction import row_cache_size, row_extraction
 from bench.features import row_features
 from bench.finetune import row_finetune
@@ -45,6 +46,7 @@ ROWS: dict[int, Callable[[Context], list[Row]]] = {
     11: row_sweep,
     12: row_prediction,
     13: row_baselines,
+    14: row_crossval,
 }
 
 

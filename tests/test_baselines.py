@@ -90,6 +90,13 @@ def test_parent_gets_paired_differences_and_the_summary_prints_them(study):
     paired = out.index("best trial")
     assert trials < block < paired
     assert re.search(r"^tfidf\s+[-+]\d\.\d{3}\s+\[[-+]\d\.\d{3}, [-+]\d\.\d{3}\]", out, re.M)
+    # and one plain sentence on what the split can tell, pointing to cross-validation
+    assert re.search(
+        r"^best trial vs tfidf: [-+]\d\.\d{3} \[.*\], vs embedding: .* on \d+ test sentences; run "
+        r"`harness study evaluate base` for an estimate over all 160$",
+        out,
+        re.M,
+    )
 
 
 def test_rerun_of_a_finished_study_does_not_refit_baselines(study, caplog):

@@ -54,6 +54,20 @@ def test_folds_score_every_sentence_once_per_repeat_and_keep_groups_apart(synthe
     assert not np.array_equal(folds[0].split.test, folds[FOLDS].split.test)
 
 
+def test_the_main_job_says_in_one_sentence_what_its_split_can_tell():
+    from harness.report import verdict
+
+    paired = {"majority": [0.26, 0.22, 0.30, 0.002], "embedding": [-0.006, -0.041, 0.025, 0.6]}
+    paired["tfidf"] = [0.003, -0.034, 0.038, 0.85]
+    assert verdict(paired, 550, 3673, "babe-quick") == (
+        "best trial vs embedding: -0.006 [-0.041, +0.025], vs tfidf: +0.003 [-0.034, +0.038]: "
+        "no detectable difference on 550 test sentences; run `harness study evaluate "
+        "babe-quick` for an estimate over all 3,673"
+    )
+    paired = {"tfidf": [0.05, 0.01, 0.09, 0.01]}
+    assert "the best trial beats them on 550" in verdict(paired, 550, 3673, "s")
+
+
 def test_corrected_t_test_matches_a_hand_computation():
     d = np.array([0.02, -0.01, 0.03, 0.015, 0.0, 0.025])
     n_train, n_test = 400.0, 100.0
@@ -96,9 +110,14 @@ def cv_study(tmp_path_factory, tiny_bert):
     tmp = tmp_path_factory.mktemp("cv")
     data = write_synthetic_csv(tmp / "data.csv", n=180)
     extra = f"baselines: [majority, tfidf]\nevaluation: {{folds: {FOLDS}, repeats: {REPEATS}}}\n"
-    path = study_yaml(
-        tmp, name="cv", dataset=str(data), encoder=str(tiny_bert), n_trials=3, extra=extra
+    search = (
+        "search:\n  layers: [[0, 1], [1]]\n  heads: [all, {top: 2}]\n  reducer: [sum, max]\n"
+        "  classifier:\n    gru: {hidden_size: 16}\n    linear: {c: 1.0}\n"
     )
+    path = study_yaml(
+        tmp, name="cv", dataset=str(data), encoder=str(tiny_bert), n_trials=3, extra=extra,
+        search=search,
+    )  # fmt: skip
     assert main(["study", "run", str(path), "--quiet"]) == 0
     return tmp, data
 
