@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import textwrap
+import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -197,3 +204,50 @@ def study_yaml(
     path = tmp_path / f"{name}.yaml"
     path.write_text(text + extra + search)
     return path
+
+
+def serve_and_predict(
+    model_uri: str, tracking_uri: str, texts: list[str], env: dict[str, str] | None = None
+) -> np.ndarray:
+    """Serve ``model_uri`` with the real ``mlflow models serve`` (local env, 127.0.0.1)
+    and score ``texts`` over HTTP; the server is stopped however this ends."""
+    port = free_port()
+    bin_dir = os.path.dirname(sys.executable)
+    # the server runs ``uvicorn`` by name: the environment's bin folder must be on PATH
+    path = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+    cmd = [os.path.join(bin_dir, "mlflow"), "models", "serve", "-m", model_uri]
+    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path, **(env or {})},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    answer: dict = {}
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        assert proc.poll() is None, "the server exited early"
+        body = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}}
+        request = urllib.request.Request(
+            f"{base}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as r:
+            answer = json.loads(r.read())
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        stderr = proc.stderr.read().decode()
+    assert "predictions" in answer, stderr[-2000:]
+    return np.ravel(answer["predictions"]).astype(np.float64)

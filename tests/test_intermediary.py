@@ -15,9 +15,11 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+import harness
 import harness.encoders.finetune as ft
 from harness.core.errors import HarnessError
 from harness.data.datasets import load_dataset
@@ -25,7 +27,7 @@ from harness.data.split import make_split
 from harness.encoders.load import load_encoder
 from harness.study.study import run_study
 from harness.tracking.runs import RunReader
-from tests.conftest import write_synthetic_csv
+from tests.conftest import serve_and_predict, write_synthetic_csv
 from tests.test_finetune import as_tokens, record_training_inputs
 
 FINETUNE = "{epochs: 2, lr: 1.0e-3, batch_size: 16, max_len: 32}"
@@ -162,6 +164,21 @@ def test_trial_and_baseline_reload_from_the_store_in_a_new_process(ft_study):
     assert len(worst) == 2 and max(worst) < 1e-5
     assert len(list((tmp / "downloads" / "encoders").glob("*/model.safetensors"))) == 1
     assert not (tmp / "cache" / "finetuned").exists()
+
+
+def test_a_served_fine_tuned_trial_fetches_its_encoder_into_an_empty_cache(ft_study):
+    """``mlflow models serve`` on a machine that never saw the encoder (an empty cache
+    folder) answers like ``load_run``."""
+    tmp, _, summary, _ = ft_study
+    run_id, uri = summary.rows[0]["run_id"], f"sqlite:///{tmp}/mlflow.db"
+    texts = ["officials said the city plan was announced", "an outrageous scandal"]
+    empty = tmp / "served-cache"
+    answer = serve_and_predict(
+        f"runs:/{run_id}/model", uri, texts, env={"HARNESS_CACHE_DIR": str(empty)}
+    )
+    want = harness.load_run(run_id, tracking_uri=uri).predict_proba(texts)
+    np.testing.assert_allclose(answer, want, atol=1e-6)
+    assert len(list((empty / "encoders").glob("*/model.safetensors"))) == 1
 
 
 def test_a_second_run_fine_tunes_and_extracts_nothing(ft_study, caplog, monkeypatch):

@@ -4,14 +4,8 @@ the registry's ``champion``, and runs carry the data set, descriptions and prove
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 
 import mlflow
 import numpy as np
@@ -21,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from harness.study.study import run_study
 from harness.tracking.predict import load_run
-from tests.conftest import free_port, study_yaml, write_synthetic_csv
+from tests.conftest import serve_and_predict, study_yaml, write_synthetic_csv
 
 TEXTS = ["officials said the city plan was announced", "an outrageous scandal of the week"]
 
@@ -81,44 +75,10 @@ def test_pyfunc_from_code_predicts_what_load_run_predicts(study, tracking):
 
 def test_mlflow_models_serve_answers_a_rest_call(study, tracking):
     _, _, summary, uri, _ = study
-    run_id, port = summary.rows[0]["run_id"], free_port()
-    bin_dir = os.path.dirname(sys.executable)
-    mlflow_bin = os.path.join(bin_dir, "mlflow")
-    # the server runs ``uvicorn`` by name: the environment's bin folder must be on PATH
-    path = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
-    cmd = [mlflow_bin, "models", "serve", "-m", f"runs:/{run_id}/model", "--env-manager"]
-    cmd += ["local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-    proc = subprocess.Popen(
-        cmd, env={**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": path}, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        assert proc.poll() is None, "the server exited early"
-        body = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}}
-        request = urllib.request.Request(
-            f"{base}/invocations",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as r:
-            answer = json.loads(r.read())
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        stderr = proc.stderr.read().decode()
-    assert "predictions" in answer, stderr[-2000:]
+    run_id = summary.rows[0]["run_id"]
+    answer = serve_and_predict(f"runs:/{run_id}/model", uri, TEXTS)
     want = load_run(run_id, tracking_uri=uri).predict_proba(TEXTS)
-    np.testing.assert_allclose(np.ravel(answer["predictions"]), want, atol=1e-6)
+    np.testing.assert_allclose(answer, want, atol=1e-6)
 
 
 def test_runs_carry_dataset_descriptions_and_provenance(study):

@@ -5,6 +5,11 @@ MLflow copies this file into the logged model's folder, beside ``MLmodel``,
 (``mlflow.pyfunc.load_model``, ``mlflow models serve``). So the model is rebuilt from
 JSON and safetensors by ``harness.tracking.predict.load_saved``, never unpickled, and the folder
 this file sits in is the model's folder. Never imported by the harness itself.
+
+A model on a fine-tuned encoder carries that encoder by reference: the first load
+fetches it from its encoder run in the tracking store the server was started with
+(``MLFLOW_TRACKING_URI``, which ``runs:/`` URIs need anyway) into the local encoder cache,
+checks its fingerprint, and later loads find it there, as ``load_run`` does.
 """
 
 from __future__ import annotations
@@ -25,8 +30,12 @@ class HarnessProbe(PythonModel):
     """Input: a ``text`` column; output: the positive-class probability of each row."""
 
     def load_context(self, context: PythonModelContext) -> None:
-        from harness.tracking.predict import load_saved
+        from mlflow.tracking import MlflowClient
 
+        from harness.models import read_config
+        from harness.tracking.predict import fetch_model_encoders, load_saved
+
+        fetch_model_encoders(read_config(MODEL_DIR), MlflowClient())
         self.run = load_saved(MODEL_DIR)
 
     def predict(
