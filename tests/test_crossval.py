@@ -179,6 +179,10 @@ def test_evaluate_scores_every_sentence_out_of_fold_and_never_trains_on_the_test
     assert "harness.folds_sha256" in parent.data.tags
     text = client.download_artifacts(parent.info.run_id, "evaluation/evaluation.md", str(tmp))
     assert "pooled AUC" in open(text).read()
+    report = open(client.download_artifacts(parent.info.run_id, "report/report.md", str(tmp)))
+    assert "## Cross-validation" in report.read()
+    png = client.download_artifacts(parent.info.run_id, "report/cv_evaluation_forest.png", str(tmp))
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     before = dict(m)
     # a re-run reuses every logged fold and reproduces every figure exactly
     assert main(["study", "evaluate", "cv", "--top", "2", "--tracking-uri", uri]) == 0

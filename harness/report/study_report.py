@@ -22,6 +22,7 @@ import numpy as np
 import optuna
 from mlflow.entities import Run
 
+from harness.core import HarnessError
 from harness.report.paired import artifact_text, best_vs_baselines_logged, study_bootstrap
 from harness.report.tables import trial_rows
 from harness.stats import PairedResult
@@ -262,7 +263,35 @@ def build_report(
     if repeats:
         with md.open("a", encoding="utf-8") as fh:
             fh.write("\n" + _repeats_md(repeats, trial_rows(study)))
-    return [md, *(f.path for f in figures if f.path is not None)]
+    plots = _append_evaluations(md, reader, parent, out)
+    return [md, *(f.path for f in figures if f.path is not None), *plots]
+
+
+def _append_evaluations(md: Path, reader: RunReader, parent: Run, out: Path) -> list[Path]:
+    """``study evaluate``'s tables (plain and nested) and their forest plots, when the
+    parent has them (``evaluation/``); the plots copied beside report.md."""
+    plots = []
+    for stem in ("evaluation", "nested"):
+        try:
+            text = artifact_text(reader, parent, f"evaluation/{stem}.md", "evaluation")
+        except HarnessError:
+            continue
+        section = [f"## {'Nested cross-validation' if stem == 'nested' else 'Cross-validation'}"]
+        section += ["", text.strip(), ""]
+        try:
+            local = reader.client.download_artifacts(
+                parent.info.run_id, f"evaluation/{stem}_forest.png", str(out)
+            )
+        except Exception:  # noqa: BLE001 - a table without its plot still reads
+            local = None
+        if local is not None:
+            plot = out / f"cv_{stem}_forest.png"
+            Path(local).replace(plot)
+            plots.append(plot)
+            section += [f"![pooled out-of-fold AUC]({plot.name})", ""]
+        with md.open("a", encoding="utf-8") as fh:
+            fh.write("\n" + "\n".join(section))
+    return plots
 
 
 def _top_heads(grid: np.ndarray | None, top: int) -> list[tuple[int, int, float]] | None:

@@ -40,7 +40,7 @@ import optuna
 
 from harness.core import HarnessError
 from harness.data import Fold, folds_sha256, make_folds
-from harness.report import ScoredRun, forest_plot, md_table
+from harness.report import ScoredRun, forest_plot, log_report, md_table
 from harness.stats import (
     CorrectedT,
     PairedResult,
@@ -289,6 +289,7 @@ def run_evaluation(session: StudySession, top: int, nested: bool) -> CrossValida
         time.perf_counter() - started, nested, winners,
     )  # fmt: skip
     log_evaluation(ctx, result)
+    log_report(study, RunReader(ctx.tracker.tracking_uri))
     return result
 
 
