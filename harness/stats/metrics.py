@@ -290,34 +290,16 @@ def paired_bootstrap(
     p-value. ``indices`` overrides ``n_resamples`` and ``seed`` as in ``bootstrap_ci``.
     Resamples with a single class are left out for AUC, as in ``bootstrap_ci``.
     """
-    if metric not in METRICS:
-        raise HarnessError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    y, pa = _validate(labels, probs_a, threshold)
-    _, pb = _validate(labels, probs_b, threshold)
-    _validate_confidence(confidence)
-    if indices is None:
-        idx = bootstrap_indices(len(y), n_resamples, seed)
-    else:
-        idx = _validate_indices(indices, len(y))
-    full = np.arange(len(y))[None, :]
-    a = float(_metrics_for_resamples(y, pa, full, threshold)[metric][0])
-    b = float(_metrics_for_resamples(y, pb, full, threshold)[metric][0])
-    diffs = (
-        _metrics_for_resamples(y, pa, idx, threshold)[metric]
-        - _metrics_for_resamples(y, pb, idx, threshold)[metric]
-    )
-    diffs = diffs[~np.isnan(diffs)]
-    lo, hi = _percentile_interval(diffs, confidence)
-    return PairedResult(
-        a=a,
-        b=b,
-        diff=a - b,
-        ci_low=lo,
-        ci_high=hi,
-        p_value=_two_sided_p(diffs),
-        metric=metric,
+    return pooled_paired(
+        labels,
+        np.asarray(probs_a)[None, ...],
+        np.asarray(probs_b)[None, ...],
+        metric,
+        n_resamples=n_resamples,
         confidence=confidence,
-        n_resamples=int(diffs.size),
+        seed=seed,
+        threshold=threshold,
+        indices=indices,
     )
 
 
@@ -366,19 +348,24 @@ def pooled_paired(
     confidence: float = 0.95,
     seed: int = 0,
     threshold: float = 0.5,
+    indices: np.ndarray | None = None,
 ) -> PairedResult:
     """``paired_bootstrap`` for pooled out-of-fold predictions [repeats, n] of two models
-    on the same folds: A − B of the repeat-averaged metric, on shared resamples."""
+    on the same folds: A − B of the repeat-averaged metric, on shared resamples. With one
+    repeat it is ``paired_bootstrap``, which calls it."""
     if metric not in METRICS:
         raise HarnessError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
-    pa = np.atleast_2d(np.asarray(probs_a, dtype=np.float64))
-    pb = np.atleast_2d(np.asarray(probs_b, dtype=np.float64))
+    pa = np.stack([_validate(labels, p, threshold)[1] for p in np.atleast_2d(probs_a)])
+    pb = np.stack([_validate(labels, p, threshold)[1] for p in np.atleast_2d(probs_b)])
     y, _ = _validate(labels, pa[0], threshold)
     _validate_confidence(confidence)
+    if indices is None:
+        idx = bootstrap_indices(len(y), n_resamples, seed)
+    else:
+        idx = _validate_indices(indices, len(y))
     full = np.arange(len(y))[None, :]
     a = float(_pooled(y, pa, full, threshold)[metric][0])
     b = float(_pooled(y, pb, full, threshold)[metric][0])
-    idx = bootstrap_indices(len(y), n_resamples, seed)
     diffs = _pooled(y, pa, idx, threshold)[metric] - _pooled(y, pb, idx, threshold)[metric]
     diffs = diffs[~np.isnan(diffs)]
     lo, hi = _percentile_interval(diffs, confidence)
