@@ -23,7 +23,7 @@ from harness.models import (
     TfidfModel,
 )
 from harness.study.trial import StudyContext, log_model_run
-from harness.tracking import ROLE_TAG, Tracker
+from harness.tracking import Tracker
 
 log = logging.getLogger("harness")
 
@@ -57,14 +57,7 @@ def make_baseline(name: str, ctx: StudyContext) -> Model:
 def finished_baselines(tracker: Tracker, parent_id: str) -> dict[str, str]:
     """Baseline name -> run id of the study's FINISHED baseline runs (the earliest if a
     name has several); failed or killed ones do not count and are fitted again."""
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id],
-        filter_string=(
-            f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`{ROLE_TAG}` = '{ROLE}' "
-            "and attributes.status = 'FINISHED'"
-        ),
-        order_by=["attributes.start_time ASC"],
-    )
+    runs = tracker.finished_children(parent_id, ROLE)
     found: dict[str, str] = {}
     for run in runs:
         name = run.data.tags.get(BASELINE_TAG)

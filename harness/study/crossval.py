@@ -56,7 +56,7 @@ from harness.study.study import StudySession, needs_ranking, open_stores, prepar
 from harness.study.sweep import SweepSettings, ranking, sweep_heads
 from harness.study.trial import StudyContext, annotate, fit_and_log, model_for
 from harness.studyfile import Map
-from harness.tracking import ROLE_TAG, RunReader, Tracker
+from harness.tracking import RunReader, Tracker
 
 log = logging.getLogger("harness")
 
@@ -105,13 +105,7 @@ class CrossValidation:
 
 def logged_folds(tracker: Tracker, parent_id: str) -> dict[tuple[str, str], str]:
     """(contender, fold) -> run id of the study's FINISHED evaluation runs."""
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id],
-        filter_string=(
-            f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`{ROLE_TAG}` = '{ROLE}' "
-            "and attributes.status = 'FINISHED'"
-        ),
-    )
+    runs = tracker.finished_children(parent_id, ROLE)
     return {
         (r.data.tags[CONTENDER_TAG], r.data.tags[FOLD_TAG]): r.info.run_id
         for r in runs

@@ -24,7 +24,7 @@ from harness.study.search import suggest
 from harness.study.study import StudySession, open_stores, prepare
 from harness.study.trial import StudyContext, fit_and_log, model_for
 from harness.studyfile import local_path, parse_study
-from harness.tracking import ROLE_TAG, RunReader, Tracker, make_storage
+from harness.tracking import RunReader, Tracker, make_storage
 
 log = logging.getLogger("harness")
 
@@ -46,13 +46,7 @@ def study_file_of(reader: RunReader, name: str):
 
 def logged_repeats(tracker: Tracker, parent_id: str) -> dict[tuple[int, int], str]:
     """(trial number, seed) -> run id of the study's FINISHED repeat runs."""
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id],
-        filter_string=(
-            f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`{ROLE_TAG}` = '{ROLE}' "
-            "and attributes.status = 'FINISHED'"
-        ),
-    )
+    runs = tracker.finished_children(parent_id, ROLE)
     return {
         (int(r.data.tags[TRIAL_TAG]), int(r.data.tags[SEED_TAG])): r.info.run_id
         for r in runs

@@ -197,17 +197,25 @@ class Tracker:
             if not token:
                 return runs
 
-    def find_children(self, parent_id: str, role: str, run_name: str) -> list[str]:
-        """Finished child runs of ``parent_id`` with this role and name (a study's head
-        sweep or baselines, logged once and found again on a re-run)."""
-        runs = self.client.search_runs(
+    def finished_children(
+        self, parent_id: str, role: str, run_name: str | None = None
+    ) -> list[Run]:
+        """FINISHED child runs of ``parent_id`` with this role (and name), oldest first:
+        what a study logged once (head sweep, baselines, repeats, folds) and finds again
+        on a re-run instead of redoing it."""
+        named = f" and attributes.run_name = '{run_name}'" if run_name is not None else ""
+        return self.client.search_runs(
             [self.experiment_id],
             filter_string=(
-                f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`{ROLE_TAG}` = '{role}' "
-                f"and attributes.run_name = '{run_name}' and attributes.status = 'FINISHED'"
+                f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`{ROLE_TAG}` = '{role}'"
+                f"{named} and attributes.status = 'FINISHED'"
             ),
+            order_by=["attributes.start_time ASC"],
         )
-        return [r.info.run_id for r in runs]
+
+    def find_children(self, parent_id: str, role: str, run_name: str) -> list[str]:
+        """Ids of ``finished_children`` with this name."""
+        return [r.info.run_id for r in self.finished_children(parent_id, role, run_name)]
 
     def read_text(self, run_id: str, path: str) -> str | None:
         """A text artifact of a run, or ``None`` when it has none at ``path``."""
