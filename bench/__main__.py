@@ -26,6 +26,7 @@ from bench.features import row_features
 from bench.finetune import row_finetune
 from bench.memory import row_memory
 from bench.prediction import row_prediction
+from bench.scale import row_streaming
 from bench.studies import row_parallel, row_pruning
 from bench.sweep import row_sweep
 from bench.training import row_training
@@ -47,6 +48,7 @@ ROWS: dict[int, Callable[[Context], list[Row]]] = {
     12: row_prediction,
     13: row_baselines,
     14: row_crossval,
+    15: row_streaming,
 }
 
 

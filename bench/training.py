@@ -51,8 +51,8 @@ def timed_training(
 
 
 def row_training(ctx: Context) -> list[Row]:
-    x_np, lengths_np = ctx.cache.features(LAYERS, "all", "sum")
-    x, lengths = torch.from_numpy(x_np), torch.from_numpy(lengths_np)
+    stream, lengths_np = ctx.cache.features(LAYERS, "all", "sum")
+    x, lengths = np.asarray(stream), torch.from_numpy(lengths_np)
     epochs = 2 if ctx.quick else 3
     rows = []
     with num_threads(train_threads()):

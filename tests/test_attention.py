@@ -180,41 +180,38 @@ def test_features_of_all_layers_by_default(cache):
 
 @pytest.fixture
 def reads(monkeypatch) -> list[str]:
-    """The files np.fromfile reads from, in order."""
+    """The files the cache's streams open, in order."""
+    from harness.attention import stream
+
     opened: list[str] = []
-    real = np.fromfile
+    real = stream.os.open
 
     def spy(file, *args, **kwargs):
         opened.append(str(file))
         return real(file, *args, **kwargs)
 
-    monkeypatch.setattr(np, "fromfile", spy)
+    monkeypatch.setattr(stream.os, "open", spy)
     return opened
 
 
-def test_features_are_memoised_by_spec(cache, reads):
-    first = cache.features([0, 1], "all", "sum")
-    reads.clear()
-    assert cache.features((0, 1), None, "sum") is first  # same spec, other spelling
-    assert cache.features([0, 1], "all", "sum")[0] is first[0]
-    assert not reads
+def test_features_are_read_only_when_indexed_and_only_the_chosen_layers(cache, reads):
+    x, lengths = cache.features([1], [2], "sum")
+    assert x.shape == (len(cache), cache.max_len, cache.max_len) and not reads
+    x[[0, 3]]
+    assert reads == [str(cache.path / "layer_01.bin")]
 
 
-def test_memo_follows_the_latest_spec(cache):
-    a = cache.features([0], "all", "sum")
-    b = cache.features([0], "all", "max")
-    assert b[0] is not a[0] and not np.array_equal(a[0], b[0])
-    assert cache.features([0], "all", "max") is b
-    again = cache.features([0], "all", "sum")
-    assert again is not a
-    np.testing.assert_array_equal(again[0], a[0])
-
-
-def test_features_read_only_the_chosen_layers(cache, reads):
-    cache.features([0], "all", "mean")  # any other spec, so the next call reads
-    reads.clear()
-    cache.features([1], [2], "sum")
-    assert reads and all(f.endswith("layer_01.bin") for f in reads)
+def test_streamed_rows_equal_the_whole_array(cache):
+    """Any subset, any order, any token prefix: the rows of the whole array."""
+    x, lengths = cache.features([0, 1], [1, 2], "concat")
+    whole = np.asarray(x)
+    rows = np.array([5, 0, 2, 2, 7])
+    np.testing.assert_array_equal(x[rows], whole[rows])
+    np.testing.assert_array_equal(x[rows, :3], whole[rows, :3])
+    np.testing.assert_array_equal(x[4], whole[4])
+    np.testing.assert_array_equal(x[2:6], whole[2:6])
+    np.testing.assert_array_equal(x[rows, 2:, 1], whole[rows, 2:, 1])
+    np.testing.assert_array_equal(x[whole > 0.3], whole[whole > 0.3])
 
 
 def test_features_reject_out_of_range_layers_and_heads(cache):
@@ -222,17 +219,6 @@ def test_features_reject_out_of_range_layers_and_heads(cache):
         cache.features([2])
     with pytest.raises(HarnessError, match=r"heads \[4\]"):
         cache.features([0], [4])
-
-
-def test_chunked_reading_gives_the_same_features(cache, monkeypatch):
-    """Features built a few sentences at a time equal those built in one read."""
-    from harness.attention import cache as attention_cache
-
-    want = cache.features([0, 1], [1, 2], "concat")[0].copy()
-    fresh = AttentionCache(cache.path)
-    monkeypatch.setattr(attention_cache, "READ_CHUNK_BYTES", 4096)
-    assert len(list(fresh._chunks())) > 5
-    np.testing.assert_allclose(fresh.features([0, 1], [1, 2], "concat")[0], want, rtol=1e-6)
 
 
 @pytest.mark.slow

@@ -200,7 +200,7 @@ def test_elementwise_reducers_combine_the_named_maps(mixed, reducer):
 
 def test_sentence_features_are_the_mean_over_valid_tokens(mixed):
     x, lengths = mixed.token_features(ALL_MAPS)
-    expected = x.sum(axis=1) / lengths[:, None]
+    expected = np.asarray(x).sum(axis=1) / lengths[:, None]
     np.testing.assert_allclose(mixed.sentence_features(ALL_MAPS), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(
         mixed.sentence_features([(1, 1)], "stats"), mixed.sentence_features([(1, 1)])[:, :7]

@@ -1,6 +1,6 @@
 """The on-disk attention cache: reading a finished entry (verifying it, one sentence's maps,
-features built a chunk at a time, so the entry never has to fit in memory) and the
-position-free views stored under it.
+features streamed a batch of sentences at a time, so neither the entry nor a trial's
+features ever have to fit in memory) and the position-free views stored under it.
 
 Layout of one cache entry (a directory named by its key, written by ``harness.attention.extract``)::
 
@@ -17,7 +17,8 @@ a whole run of them is reduced in one call. No padding is stored.
 The ``relative`` view of every (layer, head) is computed once and stored, so trials and
 head sweeps only read and index it. Its token rows follow the attention files' order. The
 pooled means (mean over each sentence's tokens, [CLS] and [SEP] included) are what linear
-probes and the head sweep read: 12 MB for MiniLM on BABE, so they stay in memory. As with
+probes and the head sweep read: 3.2 KB per sentence for MiniLM (12 MB for BABE, 320 MB
+for 100k sentences), so they stay in memory. As with
 the attention entry, a view is written in a temporary directory and renamed into place
 under a file lock: a killed writer leaves no half entry, and a corrupt one is rebuilt.
 """
@@ -37,6 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from harness.attention.features import reduce_maps
+from harness.attention.stream import StreamedFeatures, read_spans
 from harness.attention.views import (
     Map,
     check_request,
@@ -47,7 +49,13 @@ from harness.attention.views import (
     view_block,
     view_size,
 )
-from harness.core import HarnessError, num_threads, train_threads, waiting_lock
+from harness.core import (
+    HarnessError,
+    check_free_space,
+    num_threads,
+    train_threads,
+    waiting_lock,
+)
 from harness.studyfile import FeatureSpec, is_pairs, parse_heads
 
 #: Bytes of one layer file read at a time when building features: bounds memory use.
@@ -57,8 +65,8 @@ READ_CHUNK_BYTES = 32 << 20
 class AttentionCache:
     """A finished cache entry: all layers × all heads of every sentence, fp16, unpadded.
 
-    ``features`` reads only the layers it needs, a chunk at a time, so the entry never has
-    to fit in memory.
+    ``features`` reads only the layers and sentences it is asked for, so the entry never
+    has to fit in memory.
     """
 
     def __init__(self, path: Path):
@@ -74,7 +82,9 @@ class AttentionCache:
         sizes = self.num_heads * self.lengths[self.order] ** 2
         #: element offset of position p in a layer file
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
-        self._memo: tuple[FeatureSpec, tuple[np.ndarray, np.ndarray]] | None = None
+        #: position[i] = where sentence i is stored (the inverse of ``order``)
+        self.position = np.empty_like(self.order)
+        self.position[self.order] = np.arange(len(self.order))
         self._view = None
 
     def __len__(self) -> int:
@@ -108,7 +118,7 @@ class AttentionCache:
         """All maps of sentence ``i`` as fp16 ``[L, H, n, n]``."""
         if not 0 <= i < len(self):
             raise IndexError(f"sentence {i} out of range for a cache of {len(self)}")
-        pos = int(np.flatnonzero(self.order == i)[0])
+        pos = int(self.position[i])
         n, start = int(self.lengths[i]), int(self.offsets[pos])
         return np.stack(
             [
@@ -125,19 +135,17 @@ class AttentionCache:
         heads: str | int | list[int] | None = "all",
         reducer: str = "sum",
         view: str = "rows",
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Reduced maps of every sentence: ``([N, max_len, F] float32, lengths [N])``.
+    ) -> tuple[StreamedFeatures, np.ndarray]:
+        """Reduced maps of every sentence: ``([N, max_len, F] float32, lengths [N])``, the
+        array streamed (``harness.attention.stream``): rows are built when indexed.
 
         Takes a ``FeatureSpec`` (what trials pass), or its parts in the spellings a
         notebook user types (``layers=None`` for all layers, ``heads="all"``, ``[0, 7]``
         or ``"L5H6,L1H10"``, ``view="stats"``).
 
         Rows and columns past a sentence's length are zero. Only the chosen layers' files
-        are read, in sequential chunks; only the chosen heads are reduced. The last result
-        is memoised, so trials that share a feature spec do not read the cache again.
-        Older results are not kept: each is ``N × max_len × F`` float32 (94 MB for BABE,
-        6× that for concat of 6 layers) while rebuilding one from the page cache takes
-        about a second, a few percent of a trial (BENCHMARKS.md, row 3).
+        are read, and of them only the asked-for sentences; only the chosen heads are
+        reduced, so a 1-head trial costs 1/H of an all-heads one.
         """
         if isinstance(layers, FeatureSpec):
             spec = layers
@@ -149,8 +157,6 @@ class AttentionCache:
                 all_layers = tuple(range(self.num_layers))
                 layers = all_layers if layers is None else tuple(layers)
                 spec = FeatureSpec(layers, chosen, reducer, view)
-        if self._memo is not None and self._memo[0] == spec:
-            return self._memo[1]
         maps = spec.maps(self.num_heads)
         bad = sorted({x for x, _ in maps if not 0 <= x < self.num_layers})
         bad_heads = sorted({h for _, h in maps if not 0 <= h < self.num_heads})
@@ -160,18 +166,13 @@ class AttentionCache:
                 f"({self.num_layers} layers × {self.num_heads} heads)"
             )
         if spec.view != "rows":
-            return self._view_features(spec, maps)
-        self._memo = None  # let the previous trial's array go before allocating this one
+            return self.view().token_features(maps, spec.view, spec.reducer)
         width = spec.input_size(self.max_len, self.num_heads)
-        out = np.zeros((len(self), self.max_len, width), np.float32)
-        # per-trial work: on the trial's threads (1), as its many small ops gain nothing from
-        # a second thread but its wake-ups (up to 10× slower with the other core busy)
-        with num_threads(train_threads()):
-            for lo, hi in self._chunks():
-                self._reduce_chunk(spec, lo, hi, out)
-        result = (out, self.lengths.copy())
-        self._memo = (spec, result)
-        return result
+
+        def read(sentences: np.ndarray, tokens: int) -> np.ndarray:
+            return self._read_rows(spec, sentences, tokens, width)
+
+        return StreamedFeatures(self.lengths, self.max_len, width, read), self.lengths.copy()
 
     def view(self, progress: bool = False):
         """The position-free views of this entry (``ViewCache``),
@@ -180,29 +181,29 @@ class AttentionCache:
             self._view = open_view(self, progress=progress)
         return self._view
 
-    def _view_features(self, spec: FeatureSpec, maps: list) -> tuple[np.ndarray, np.ndarray]:
-        """A position-free view of the chosen maps; memoised like the rows."""
-        self._memo = None
+    def _read_rows(
+        self, spec: FeatureSpec, sentences: np.ndarray, tokens: int, width: int
+    ) -> np.ndarray:
+        """The ``rows`` view of ``sentences``: ``[k, tokens, width]`` float32. Sentences of
+        one length are reduced together (one ``reduce_maps`` call per run)."""
+        out = np.zeros((len(sentences), tokens, width), np.float32)
+        pos = self.position[sentences]
+        by_pos = np.argsort(pos, kind="stable")  # storage order: equal lengths together
+        lens = self.lengths[sentences[by_pos]]
+        starts, ends = self.offsets[pos[by_pos]], self.offsets[pos[by_pos] + 1]
+        spans = [(int(a), int(b - a)) for a, b in zip(starts, ends, strict=True)]
         with num_threads(train_threads()):
-            result = self.view().token_features(maps, spec.view, spec.reducer)
-        self._memo = (spec, result)
-        return result
-
-    def _reduce_chunk(self, spec: FeatureSpec, lo: int, hi: int, out: np.ndarray) -> None:
-        """Read positions ``lo:hi`` of the chosen layers; reduce each run of equal lengths
-        (contiguous, as extraction sorted them) in one call into its sentences' rows."""
-        start, count = int(self.offsets[lo]), int(self.offsets[hi] - self.offsets[lo])
-        per_layer = [
-            np.fromfile(self._layer_file(layer), np.float16, count, offset=2 * start)
-            for layer in spec.layers
-        ]
-        lens = self.lengths[self.order[lo:hi]]
-        for a, b in length_runs(lens):
-            n, k = int(lens[a]), b - a
-            s = int(self.offsets[lo + a] - self.offsets[lo])
-            run = [x[s : s + k * self.num_heads * n * n].reshape(k, -1, n, n) for x in per_layer]
-            reduced = reduce_maps(run, spec.reduce_heads(), spec.reducer, self.max_len)
-            out[self.order[lo + a : lo + b], :n, : reduced.shape[2]] = reduced
+            flat = [read_spans(self._layer_file(layer), spans) for layer in spec.layers]
+            start = 0
+            for a, b in length_runs(lens):
+                n, k = int(lens[a]), b - a
+                size = k * self.num_heads * n * n
+                run = [x[start : start + size].reshape(k, -1, n, n) for x in flat]
+                start += size
+                reduced = reduce_maps(run, spec.reduce_heads(), spec.reducer, self.max_len)
+                m = min(n, tokens)
+                out[by_pos[a:b], :m, : reduced.shape[2]] = reduced[:, :m]
+        return out
 
     def _chunks(self) -> Iterator[tuple[int, int]]:
         """Position ranges of about READ_CHUNK_BYTES per layer file."""
@@ -222,8 +223,6 @@ class CacheCorrupt(Exception):
 log = logging.getLogger("harness")
 
 VIEW_FORMAT = 1
-#: Float32 bytes of token features assembled at a time by ``token_features``.
-ASSEMBLE_CHUNK_BYTES = 32 << 20
 
 
 class ViewCache:
@@ -244,11 +243,6 @@ class ViewCache:
         sorted_lengths = cache.lengths[cache.order]
         #: token offset of storage position p in a layer file (in rows of [H, F])
         self.token_offsets = np.concatenate([[0], np.cumsum(sorted_lengths)])
-        #: for each stored token row: its index in a flattened [N, max_len] array
-        starts = np.repeat(self.token_offsets[:-1], sorted_lengths)
-        self._flat_index = np.repeat(cache.order * cache.max_len, sorted_lengths) + (
-            np.arange(self.token_offsets[-1]) - starts
-        )
 
     def __len__(self) -> int:
         return len(self.cache)
@@ -266,33 +260,51 @@ class ViewCache:
             if _crc32(file) != info["crc32"]:
                 raise CacheCorrupt(f"{file} fails its checksum")
 
-    def _layer(self, layer: int) -> np.ndarray:
-        """Layer ``layer``'s token rows, ``[tokens, H, F]`` fp16, mapped, not read."""
-        shape = (int(self.token_offsets[-1]), self.num_heads, self.num_features)
-        return np.memmap(self.path / f"layer_{layer:02d}.bin", np.float16, "r", shape=shape)
+    def _layer_file(self, layer: int) -> Path:
+        """Layer ``layer``'s token rows, ``[tokens, H, F]`` fp16 in storage order."""
+        return self.path / f"layer_{layer:02d}.bin"
 
     def token_features(
         self, maps: Sequence[Map], view: str = "relative", reducer: str = "stack"
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[StreamedFeatures, np.ndarray]:
         """Per-token features of the chosen maps: ``([N, max_len, D] float32, lengths)``,
-        zero past each sentence's length. ``stack`` keeps each map as its own
-        ``F`` channels in the order given; sum/mean/max combine the maps elementwise."""
+        zero past each sentence's length, the array streamed (built when indexed).
+        ``stack`` keeps each map as its own ``F`` channels in the order given; sum/mean/max
+        combine the maps elementwise."""
         pairs, size = check_request(maps, view, self.num_layers, self.num_heads, self.w)
         width = feature_width(pairs, size, reducer)
-        out = np.zeros((len(self), self.cache.max_len, width), np.float32)
-        flat = out.reshape(-1, width)
-        layers = {layer: self._layer(layer) for layer, _ in pairs}
-        for lo, hi in self._token_chunks(width):
-            chunk = {layer: rows[lo:hi] for layer, rows in layers.items()}
-            flat[self._flat_index[lo:hi]] = combine(chunk, pairs, size, reducer)
-        return out, self.cache.lengths.copy()
 
-    def _token_chunks(self, width: int) -> Iterator[tuple[int, int]]:
-        """Token row ranges of about ASSEMBLE_CHUNK_BYTES of output each."""
-        step = max(1, ASSEMBLE_CHUNK_BYTES // (4 * width))
-        total = int(self.token_offsets[-1])
-        for lo in range(0, total, step):
-            yield lo, min(lo + step, total)
+        def read(sentences: np.ndarray, tokens: int) -> np.ndarray:
+            return self._read_tokens(pairs, size, reducer, sentences, tokens, width)
+
+        lengths = self.cache.lengths
+        return StreamedFeatures(lengths, self.cache.max_len, width, read), lengths.copy()
+
+    def _read_tokens(
+        self,
+        pairs: list[Map],
+        size: int,
+        reducer: str,
+        sentences: np.ndarray,
+        tokens: int,
+        width: int,
+    ) -> np.ndarray:
+        """``[k, tokens, width]`` float32 features of ``sentences``: their stored token rows
+        of the chosen layers, read with one ``preadv`` each, combined in one call."""
+        lens = np.minimum(self.cache.lengths[sentences], tokens)
+        starts = self.token_offsets[self.cache.position[sentences]]
+        row = self.num_heads * self.num_features
+        spans = [(int(t) * row, int(n) * row) for t, n in zip(starts, lens, strict=True)]
+        with num_threads(train_threads()):
+            per_layer = {
+                layer: read_spans(self._layer_file(layer), spans).reshape(
+                    -1, self.num_heads, self.num_features
+                )
+                for layer in {layer for layer, _ in pairs}
+            }
+            out = np.zeros((len(sentences), tokens, width), np.float32)
+            out[np.arange(tokens) < lens[:, None]] = combine(per_layer, pairs, size, reducer)
+        return out
 
     def sentence_features(self, maps: Sequence[Map], view: str = "relative") -> np.ndarray:
         """Each sentence's mean over its tokens, maps side by side: ``[N, len(maps) * F]``
@@ -361,11 +373,14 @@ def _write_view(cache: AttentionCache, w: int, final: Path, progress: bool) -> N
     # only the lock holder writes, so any other half-written view is a killed writer's
     for stale in final.parent.glob(f"{final.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
+    shape = (len(cache), cache.num_layers, cache.num_heads, view_size("relative", w))
+    per_token = 2 * shape[1] * shape[2] * shape[3]  # fp16 [H, F] of every layer
+    needed = int(cache.lengths.sum()) * per_token + 4 * int(np.prod(shape))
+    check_free_space(final.parent, needed, f"the stored {final.name} view", "cache_dir")
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     tmp.mkdir()
     start = time.perf_counter()
     try:
-        shape = (len(cache), cache.num_layers, cache.num_heads, view_size("relative", w))
         pooled = np.zeros(shape, np.float32)
         files = [open(tmp / f"layer_{layer:02d}.bin", "wb") for layer in range(shape[1])]
         crcs, sizes = [0] * shape[1], [0] * shape[1]

@@ -141,13 +141,15 @@ def combine(
     """Chosen maps' features: ``per_layer[l]`` is ``[T, H, F]`` (any float dtype); returns
     float32 ``[T, D]``. ``stack`` lays the maps side by side in the order given
     (``D = len(maps) * size``); sum/mean/max combine them elementwise (``D = size``)."""
-    if reducer not in REDUCERS:
-        raise HarnessError(
-            f"views: unknown reducer {reducer!r}; choose one of {', '.join(REDUCERS)}"
-        )
-    parts = (per_layer[layer][:, head, :size] for layer, head in maps)
+    feature_width(maps, size, reducer)
     if reducer == "stack":
-        return np.concatenate(list(parts), axis=1, dtype=np.float32)
+        # consecutive heads of one layer are one strided block, not one slice per map
+        blocks = [
+            per_layer[layer][:, h0:h1, :size].reshape(len(per_layer[layer]), -1)
+            for layer, h0, h1 in _head_runs(maps)
+        ]
+        return np.concatenate(blocks, axis=1, dtype=np.float32)
+    parts = (per_layer[layer][:, head, :size] for layer, head in maps)
     out = next(parts).astype(np.float32)
     for part in parts:
         if reducer == "max":
@@ -159,7 +161,24 @@ def combine(
     return out
 
 
+def _head_runs(maps: Sequence[Map]) -> list[tuple[int, int, int]]:
+    """``maps`` as ``(layer, first head, last head + 1)`` runs of consecutive heads."""
+    runs: list[list[int]] = []
+    for layer, head in maps:
+        if runs and runs[-1][0] == layer and runs[-1][2] == head:
+            runs[-1][2] += 1
+        else:
+            runs.append([layer, head, head + 1])
+    return [(a, b, c) for a, b, c in runs]
+
+
 def feature_width(maps: Sequence[Map], size: int, reducer: str) -> int:
+    """Features per token of ``combine(..., maps, size, reducer)``; checks the reducer
+    before any row is read."""
+    if reducer not in REDUCERS:
+        raise HarnessError(
+            f"views: unknown reducer {reducer!r}; choose one of {', '.join(REDUCERS)}"
+        )
     return size * len(maps) if reducer == "stack" else size
 
 

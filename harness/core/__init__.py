@@ -48,6 +48,7 @@ __getattr__, __dir__, __all__ = attach(
         "batching": ["make_batches"],
         "errors": ["EXIT_USER_ERROR", "HarnessError", "TrainingDiverged"],
         "fs": [
+            "check_free_space",
             "check_writable_dir",
             "check_writable_file",
             "default_cache_dir",

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -139,6 +140,22 @@ def check_writable_file(path: Path | str, what: str, setting: str | None = None)
         raise HarnessError(
             f"{what} {path} {problem}; choose another path{_for(setting)} or fix that one"
         )
+
+
+def check_free_space(path: Path, needed: int, what: str, setting: str | None = None) -> None:
+    """Refuse before writing ``needed`` bytes of ``what`` under ``path`` if the disk lacks
+    them (with 5 % to spare): a full disk found halfway costs the whole write."""
+    free = shutil.disk_usage(path).free
+    if free < needed * 1.05:
+        raise HarnessError(
+            f"{what} needs {_size(needed)} in {path} but only {_size(free)} are free; "
+            "free some space there"
+            + (f" or choose another folder for {setting}" if setting else "")
+        )
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _folder_problem(path: Path) -> str | None:

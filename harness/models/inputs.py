@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from harness.attention import cached_embeddings, mean_pooled
+from harness.attention import Features, cached_embeddings, mean_over_tokens, mean_pooled
 from harness.core import HarnessError
 
 if TYPE_CHECKING:
@@ -92,9 +92,10 @@ class AttentionInputs:
 
     def build(
         self, texts: list[str], cache: AttentionCache | None = None, device: str = "cpu"
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """From ``cache`` when given (a study's texts), else by running the encoder: both
-        go through the same arithmetic, so a reloaded model sees what it was trained on."""
+    ) -> tuple[Features, np.ndarray]:
+        """From ``cache`` when given (a study's texts: streamed from disk, pooled in one
+        pass), else by running the encoder: both go through the same arithmetic, so a
+        reloaded model sees what it was trained on."""
         spec = self.features
         if cache is not None:
             if self.pooled and spec.view != "rows" and spec.reducer == "stack":
@@ -104,7 +105,7 @@ class AttentionInputs:
             x, lengths = cache.features(spec)
         else:
             x, lengths = self._from_texts(texts, device)
-        return _as_pooled(_mean_over_tokens(x, lengths)) if self.pooled else (x, lengths)
+        return _as_pooled(mean_over_tokens(x, lengths)) if self.pooled else (x, lengths)
 
     def _from_texts(self, texts: list[str], device: str) -> tuple[np.ndarray, np.ndarray]:
         from harness.attention import iter_attention
@@ -137,11 +138,6 @@ class AttentionInputs:
                 self.encoder, self.fingerprint, device, self.init, self.seed, self.encoder_run
             )
         return self._encoders[device]
-
-
-def _mean_over_tokens(x: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Each sentence's mean over its valid rows (zero padding adds nothing): ``[N, D]``."""
-    return x.sum(axis=1) / lengths[:, None].astype(np.float32)
 
 
 def _as_pooled(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

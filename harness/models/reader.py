@@ -25,6 +25,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from harness.attention import Features
 from harness.models.base import EpochCallback, FitResult, write_model
 from harness.models.inputs import AttentionInputs, inputs_from_dict
 from harness.models.train import TrainSettings, predict_logits, seed_everything, sigmoid, train
@@ -87,14 +88,13 @@ class Standardize(nn.Module):
         return (x - self.mean) * self.scale
 
     @torch.no_grad()
-    def fit(self, x: Tensor, lengths: Tensor, idx: np.ndarray, chunk: int = 256) -> None:
+    def fit(self, x: Features, lengths: Tensor, idx: np.ndarray, chunk: int = 256) -> None:
         """Mean and standard deviation over the valid tokens of rows ``idx`` (padding rows
         are zero and are not counted), a chunk of sentences at a time."""
         total = torch.zeros(x.shape[-1], dtype=torch.float64)
         squares = torch.zeros_like(total)
         for start in range(0, len(idx), chunk):
-            rows = torch.from_numpy(idx[start : start + chunk])
-            part = x[rows].double()
+            part = torch.from_numpy(np.asarray(x[idx[start : start + chunk]])).double()
             total += part.sum(dim=(0, 1))
             squares += (part * part).sum(dim=(0, 1))
         count = float(lengths[torch.from_numpy(idx)].sum())
@@ -256,13 +256,13 @@ class ReaderModel:
 
     def fit(
         self,
-        inputs: tuple[np.ndarray, np.ndarray],
+        inputs: tuple[Features, np.ndarray],
         labels: np.ndarray,
         train_idx: np.ndarray,
         val_idx: np.ndarray,
         on_epoch: EpochCallback | None = None,
     ) -> FitResult:
-        x, lengths = (torch.from_numpy(a) for a in inputs)
+        x, lengths = inputs[0], torch.from_numpy(inputs[1])
         seed_everything(self.settings.seed)  # the initial weights repeat too
         self.module = self._build()
         if self.inputs.features.view != "rows" or self.inputs.pooled:
@@ -270,11 +270,11 @@ class ReaderModel:
         return train(self.module, x, lengths, labels, train_idx, val_idx, self.settings, on_epoch)
 
     def predict_proba(
-        self, inputs: tuple[np.ndarray, np.ndarray], idx: np.ndarray | None = None
+        self, inputs: tuple[Features, np.ndarray], idx: np.ndarray | None = None
     ) -> np.ndarray:
         if self.module is None:
             raise RuntimeError("predict_proba before fit")
-        x, lengths = (torch.from_numpy(a) for a in inputs)
+        x, lengths = inputs[0], torch.from_numpy(inputs[1])
         idx = np.arange(len(lengths)) if idx is None else idx
         return sigmoid(predict_logits(self.module, x, lengths, idx))
 

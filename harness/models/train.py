@@ -4,7 +4,8 @@ Batches are bucketed by sentence length by default: each batch is cut to its own
 longest sentence, so a GRU reading 42-token sentences does not step through 80 rows.
 The readers ignore padding (RNN states past a length are never read, the transformer
 masks padded keys), so bucketing changes the speed, not what a given set of weights
-computes.
+computes. Features come as an array or as a cache's stream (``harness.attention.stream``):
+either way only the current batch's rows are float32 tensors.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.attention import Features
 from harness.core import TrainingDiverged, make_batches
 from harness.models.base import FitResult
 from harness.stats import compute_metrics
@@ -42,18 +44,19 @@ def seed_everything(seed: int) -> None:
 
 
 def _batch(
-    x: torch.Tensor, lengths: torch.Tensor, b: np.ndarray, bucketing: bool
+    x: Features, lengths: torch.Tensor, b: np.ndarray, bucketing: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    bt = torch.from_numpy(b)
-    lens = lengths[bt]
+    """Rows ``b`` of ``x`` (an array, or a cache's stream that builds just these rows),
+    cut to their longest sentence when bucketing."""
+    lens = lengths[torch.from_numpy(b)]
     width = int(lens.max()) if bucketing else x.shape[1]
-    return x[bt, :width], lens
+    return torch.from_numpy(np.ascontiguousarray(x[b, :width])), lens
 
 
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
-    x: torch.Tensor,
+    x: Features,
     lengths: torch.Tensor,
     idx: np.ndarray,
     batch_size: int = 256,
@@ -76,7 +79,7 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 def train(
     model: nn.Module,
-    x: torch.Tensor,
+    x: Features,
     lengths: torch.Tensor,
     labels: np.ndarray,
     train_idx: np.ndarray,

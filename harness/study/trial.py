@@ -45,9 +45,11 @@ from harness.tracking import (
 
 log = logging.getLogger("harness")
 
-#: features a trial may hold in memory (float32): a stack of all 72 MiniLM maps over
-#: absolute rows would take 6.8 GB, so such a draw fails at once with the reason
-MAX_FEATURE_BYTES = 3_000_000_000
+#: pooled features a probe holds in memory (float32 [N, D]; a reader's token features are
+#: streamed from the cache a batch at a time): a probe on all 72 MiniLM maps stacked over
+#: absolute rows of 80 tokens takes 85 MB for BABE but 4.1 GB for 180k sentences, so such
+#: a draw fails at once with the reason
+MAX_POOLED_BYTES = 2_000_000_000
 
 
 class TrialFailed(Exception):
@@ -192,13 +194,12 @@ def model_for(ctx: StudyContext, spec: TrialSpec) -> Model:
         seed=ctx.encoder_seed,
         encoder_run=ctx.encoder_run_id,
     )
-    rows = 1 if inputs.pooled else c.encoder.max_len
-    size = len(ctx.dataset) * rows * inputs.input_size * 4
-    if size > MAX_FEATURE_BYTES:
+    size = len(ctx.dataset) * inputs.input_size * 4
+    if inputs.pooled and size > MAX_POOLED_BYTES:
         raise TrialFailed(
-            f"features of {len(spec.features.maps(ctx.cache.num_heads))} maps in the "
-            f"{spec.features.view} view ({spec.features.reducer}) would take {size / 1e9:.1f} GB; "
-            "choose fewer heads, another reducer or a position-free view"
+            f"pooled features of {len(spec.features.maps(ctx.cache.num_heads))} maps in the "
+            f"{spec.features.view} view ({spec.features.reducer}) would take {size / 1e9:.1f} GB "
+            "in memory; choose fewer heads, another reducer or a position-free view"
         )
     try:
         if spec.classifier.kind == "linear":

@@ -1,0 +1,147 @@
+"""Issue #19: trials read their features from the cache a batch at a time, and learn
+exactly what they learned from one in-memory array."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from harness.attention import StreamedFeatures, extract_attention
+from harness.attention import cache as attention_cache
+from harness.encoders import load_encoder
+from harness.models.inputs import AttentionInputs
+from harness.models.probe import LinearProbe
+from harness.models.reader import ReaderModel
+from harness.models.train import TrainSettings
+from harness.studyfile import ClassifierSpec, FeatureSpec, ProbeSpec
+from tests.conftest import write_synthetic_csv
+
+MAX_LEN = 32
+
+
+@pytest.fixture(scope="module")
+def data(tiny_bert, tmp_path_factory):
+    """160 labelled sentences of varied length, their cache entry and a fixed split."""
+    folder = tmp_path_factory.mktemp("streaming")
+    with open(write_synthetic_csv(folder / "data.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    texts = [r["text"] for r in rows]
+    labels = np.array([int(r["label"]) for r in rows])
+    encoder = load_encoder(str(tiny_bert))
+    cache = extract_attention(encoder, texts, max_len=MAX_LEN, cache_dir=folder, progress=False)
+    order = np.random.default_rng(0).permutation(len(texts))
+    return cache, encoder, labels, order[:100], order[100:130], order[130:]
+
+
+def inputs_of(encoder, cache, spec: FeatureSpec, pooled: bool) -> AttentionInputs:
+    return AttentionInputs(
+        spec, encoder.name, encoder.fingerprint, MAX_LEN, cache.num_heads, pooled=pooled
+    )
+
+
+def fit(model, inputs, labels, train, val, test):
+    result = model.fit(inputs, labels, train, val)
+    return result.history, model.predict_proba(inputs, test)
+
+
+ROWS_SUM = FeatureSpec((0, 1), None, "sum", "rows")
+RELATIVE_STACK = FeatureSpec.of_maps([(1, 2), (0, 3), (1, 0)], "stack", "relative")
+
+
+@pytest.mark.parametrize(
+    "kind,features",
+    [("gru", ROWS_SUM), ("lstm", RELATIVE_STACK), ("transformer", RELATIVE_STACK)],
+)
+def test_a_reader_on_the_stream_learns_what_it_learns_in_memory(data, kind, features):
+    cache, encoder, labels, train, val, test = data
+    inputs = inputs_of(encoder, cache, features, pooled=False)
+    stream, lengths = inputs.build([], cache)
+    assert isinstance(stream, StreamedFeatures)
+    settings = TrainSettings(epochs=3, patience=3, batch_size=16, seed=1)
+    spec = ClassifierSpec(kind=kind, hidden_size=16, num_heads=2, ff_size=32, pooling="mean")
+    runs = [
+        fit(ReaderModel(spec, inputs, settings), x, labels, train, val, test)
+        for x in ((stream, lengths), (np.asarray(stream), lengths))
+    ]
+    (curve, p), (curve_mem, p_mem) = runs
+    assert len(curve) == 3
+    for a, b in zip(curve, curve_mem, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
+        assert a["val_auc"] == pytest.approx(b["val_auc"], abs=1e-6)
+    np.testing.assert_allclose(p, p_mem, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("features", [ROWS_SUM, RELATIVE_STACK])
+def test_probes_get_their_pooled_features_in_one_streaming_pass(data, features):
+    cache, encoder, labels, train, val, test = data
+    inputs = inputs_of(encoder, cache, features, pooled=True)
+    x, lengths = inputs.build([], cache)
+    whole, token_lengths = cache.features(features)
+    whole = np.asarray(whole)
+    # the whole-array mean: what probes were trained on before features were streamed
+    want = whole.sum(axis=1) / token_lengths[:, None].astype(np.float32)
+    assert x.shape == (len(cache), 1, whole.shape[2]) and (lengths == 1).all()
+    np.testing.assert_allclose(x[:, 0], want, atol=1e-6, rtol=1e-6)
+    probe = LinearProbe(ProbeSpec(c=0.5), inputs)
+    curve, p = fit(probe, (x, lengths), labels, train, val, test)
+    twin = LinearProbe(ProbeSpec(c=0.5), inputs)
+    curve_mem, p_mem = fit(twin, (want[:, None, :], lengths), labels, train, val, test)
+    assert curve[0]["val_auc"] == pytest.approx(curve_mem[0]["val_auc"], abs=1e-6)
+    np.testing.assert_allclose(p, p_mem, atol=1e-6, rtol=0)
+
+
+def test_a_training_batch_reads_only_its_own_sentences(data, monkeypatch):
+    """What a step reads is bounded by the batch, not by the number of sentences."""
+    cache, encoder, labels, train, val, test = data
+    read = attention_cache.read_spans
+    sizes: list[int] = []
+
+    def spy(path, spans, *args):
+        sizes.append(len(spans))
+        return read(path, spans, *args)
+
+    monkeypatch.setattr(attention_cache, "read_spans", spy)
+    inputs = inputs_of(encoder, cache, ROWS_SUM, pooled=False)
+    settings = TrainSettings(epochs=1, batch_size=16)
+    model = ReaderModel(ClassifierSpec(hidden_size=8), inputs, settings)
+    model.fit(inputs.build([], cache), labels, train, val)
+    assert sizes and max(sizes) <= 256  # Standardize's chunk; a step reads 16 sentences
+    assert sizes.count(16) >= len(train) // 16 - 1
+
+
+@pytest.mark.parametrize("features", [ROWS_SUM, RELATIVE_STACK])
+def test_any_rows_of_the_stream_are_those_rows_of_the_whole_array(data, features):
+    """Batches come in any order and are cut to their longest sentence."""
+    cache = data[0]
+    x, lengths = cache.features(features)
+    whole = np.asarray(x)
+    assert whole.shape == x.shape and not whole[np.arange(MAX_LEN) >= lengths[:, None]].any()
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        rows = rng.choice(len(cache), 17, replace=False)
+        width = int(lengths[rows].max())
+        np.testing.assert_array_equal(x[rows, :width], whole[rows, :width])
+        np.testing.assert_array_equal(x[rows, :5], whole[rows, :5])
+
+
+def test_a_view_that_would_not_fit_on_the_disk_is_refused_before_writing(
+    tiny_bert, tmp_path, monkeypatch
+):
+    import shutil
+    from collections import namedtuple
+
+    from harness.attention.cache import open_view
+    from harness.core import HarnessError, fs
+
+    encoder = load_encoder(str(tiny_bert))
+    texts = ["a short one", "and a somewhat longer sentence than that"]
+    cache = extract_attention(encoder, texts, max_len=MAX_LEN, cache_dir=tmp_path, progress=False)
+    real, usage = shutil.disk_usage, namedtuple("usage", "total used free")
+    monkeypatch.setattr(fs.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
+    with pytest.raises(HarnessError, match=r"view needs .* MB in .* only 0.0 MB are free"):
+        open_view(cache, progress=False)
+    assert not [p.name for p in (cache.path / "views").iterdir() if p.is_dir()]
+    monkeypatch.setattr(fs.shutil, "disk_usage", real)
+    assert open_view(cache, progress=False).nbytes > 0
