@@ -22,11 +22,16 @@ MAX_LEN = 32
 
 
 @pytest.fixture(scope="module")
-def data(tiny_bert, tmp_path_factory):
-    """160 labelled sentences of varied length, their cache entry and a fixed split."""
+def rows(tmp_path_factory) -> list[dict]:
+    """160 labelled sentences of varied length."""
+    with open(write_synthetic_csv(tmp_path_factory.mktemp("csv") / "data.csv")) as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def data(rows, tiny_bert, tmp_path_factory):
+    """The sentences' cache entry, the encoder, labels and a fixed split."""
     folder = tmp_path_factory.mktemp("streaming")
-    with open(write_synthetic_csv(folder / "data.csv")) as fh:
-        rows = list(csv.DictReader(fh))
     texts = [r["text"] for r in rows]
     labels = np.array([int(r["label"]) for r in rows])
     encoder = load_encoder(str(tiny_bert))
@@ -145,3 +150,123 @@ def test_a_view_that_would_not_fit_on_the_disk_is_refused_before_writing(
     assert not [p.name for p in (cache.path / "views").iterdir() if p.is_dir()]
     monkeypatch.setattr(fs.shutil, "disk_usage", real)
     assert open_view(cache, progress=False).nbytes > 0
+
+
+# --- the compact cache (cache: {keep: views}) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compact(data, rows, tmp_path_factory):
+    """The same sentences extracted in the compact form, keeping layer 1's maps only."""
+    encoder, texts = data[1], [r["text"] for r in rows]
+    folder = tmp_path_factory.mktemp("compact")
+    return extract_attention(
+        encoder, texts, max_len=MAX_LEN, cache_dir=folder, progress=False, keep_maps=[1]
+    )
+
+
+def test_the_compact_cache_gives_the_views_computed_from_full_maps(data, compact):
+    full = data[0]
+    assert compact.compact and not full.compact and compact.key != full.key
+    assert compact.map_layers == (1,) and not (compact.path / "layer_00.bin").exists()
+    assert not (compact.path / "views" / "relative-w3.lock").exists()  # no second pass
+    for spec in (RELATIVE_STACK, FeatureSpec((0, 1), None, "mean", "stats")):
+        np.testing.assert_array_equal(
+            np.asarray(compact.features(spec)[0]), np.asarray(full.features(spec)[0])
+        )
+    np.testing.assert_array_equal(compact.view().pooled, full.view().pooled)
+    # the rows view of a kept layer is the full entry's
+    rows_max = FeatureSpec((1,), None, "max", "rows")
+    np.testing.assert_array_equal(
+        np.asarray(compact.features(rows_max)[0]), np.asarray(full.features(rows_max)[0])
+    )
+    assert compact.nbytes < full.nbytes + full.view().nbytes
+
+
+def test_the_compact_cache_refuses_the_rows_of_a_layer_it_does_not_keep(compact):
+    from harness.core import HarnessError
+
+    with pytest.raises(HarnessError, match=r"layer 0, which this compact cache entry does not"):
+        compact.features(ROWS_SUM)
+
+
+def test_a_damaged_compact_view_is_rebuilt_with_its_entry(data, rows, compact, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from harness.attention import extract as extract_module
+
+    copy = tmp_path / compact.key
+    shutil.copytree(compact.path, copy)
+    layer = copy / "views" / "relative-w3" / "layer_00.bin"
+    damaged = bytearray(layer.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x40
+    layer.write_bytes(bytes(damaged))
+    extract_module._VERIFIED.clear()
+    texts = [r["text"] for r in rows]
+    with caplog.at_level(logging.WARNING, logger="harness"):
+        again = extract_attention(
+            data[1], texts, max_len=MAX_LEN, cache_dir=tmp_path, progress=False, keep_maps=[1]
+        )
+    assert any("corrupt" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(again.view().pooled, compact.view().pooled)
+
+
+COMPACT_SEARCH = """\
+search:
+  layers: [[1]]
+  heads: [all, {top: 3}, [L1H0, L1H3]]
+  view: {stats: {reducer: [stack, sum]}, relative: {reducer: stack}, rows: {reducer: sum}}
+  classifier:
+    linear: {c: 0.5}
+    gru: {hidden_size: 8}
+"""
+
+
+def test_a_study_on_the_compact_cache_finds_what_it_finds_on_full_maps(tiny_bert, tmp_path):
+    """``cache: {keep: views}`` keeps the maps of the layers the space's rows view can read
+    (here layer 1 only) and gives every trial the value it gets on full maps."""
+    import optuna
+
+    from harness.attention import AttentionCache
+    from harness.study.study import run_study
+    from tests.conftest import study_yaml
+
+    data = write_synthetic_csv(tmp_path / "data.csv", n=120)
+    values = {}
+    for keep in ("maps", "views"):
+        folder = tmp_path / keep
+        folder.mkdir()
+        path = study_yaml(
+            folder,
+            dataset=str(data),
+            encoder=str(tiny_bert),
+            n_trials=6,
+            extra=f"cache: {{keep: {keep}}}\npruner: {{name: none}}\n"
+            "sampler: {name: random, seed: 2}\nbaselines: []\n",
+            search=COMPACT_SEARCH,
+        )
+        run_study(path, progress=False)
+        study = optuna.load_study(study_name="t", storage=f"sqlite:///{folder}/optuna.db")
+        values[keep] = [(t.params, t.value) for t in study.trials]
+        entries = [p for p in (folder / "cache").iterdir() if (p / "meta.json").exists()]
+        caches = [AttentionCache(p) for p in entries]
+        assert [(c.compact, c.map_layers) for c in caches] == [
+            (keep == "views", (1,) if keep == "views" else (0, 1))
+        ]
+    assert {str(p["view"]) for p, _ in values["maps"]} >= {"rows", "stats"}
+    for (params, value), (params_c, value_c) in zip(values["maps"], values["views"], strict=True):
+        assert params == params_c and value == pytest.approx(value_c, abs=1e-6)
+
+
+def test_the_compact_cache_keeps_only_the_maps_a_rows_view_can_read():
+    from harness.studyfile.schema import parse_study
+
+    base = "name: s\ncache: {keep: views}\nsearch:\n  classifier: {gru: {}}\n"
+    assert parse_study(base + "  layers: [[3, 4], [5]]\n").search.rows_layers() == (3, 4, 5)
+    stats = base + "  layers: [[3, 4]]\n  view: stats\n"
+    assert parse_study(stats).search.rows_layers() == ()
+    pairs = base + "  layers: [[3]]\n  heads: [all, [L0H1, L3H2]]\n"
+    assert parse_study(pairs).search.rows_layers() == (0, 3)
+    with pytest.raises(Exception, match="cache.keep"):
+        parse_study(base.replace("keep: views", "keep: everything") + "  layers: [0]\n")

@@ -62,8 +62,14 @@ from harness.studyfile import FeatureSpec, is_pairs, parse_heads
 READ_CHUNK_BYTES = 32 << 20
 
 
+#: the window of the stored ``relative`` view (its offsets -w..+w)
+RELATIVE_W = 3
+
+
 class AttentionCache:
-    """A finished cache entry: all layers × all heads of every sentence, fp16, unpadded.
+    """A finished cache entry: all layers × all heads of every sentence, fp16, unpadded;
+    or, in its compact form (``cache: {keep: views}``), the ``relative`` view of every map
+    plus the full maps of the layers in ``map_layers`` only.
 
     ``features`` reads only the layers and sentences it is asked for, so the entry never
     has to fit in memory.
@@ -85,7 +91,16 @@ class AttentionCache:
         #: position[i] = where sentence i is stored (the inverse of ``order``)
         self.position = np.empty_like(self.order)
         self.position[self.order] = np.arange(len(self.order))
+        #: the layers whose full maps are stored (all but in a compact entry)
+        self.map_layers: tuple[int, ...] = tuple(
+            self.meta.get("map_layers", range(self.num_layers))
+        )
         self._view = None
+
+    @property
+    def compact(self) -> bool:
+        """Whether the entry keeps views rather than every map (its view is part of it)."""
+        return self.meta.get("keep", "maps") == "views"
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -96,9 +111,19 @@ class AttentionCache:
 
     @property
     def nbytes(self) -> int:
-        return int(sum(f["bytes"] for f in self.meta["files"].values()))
+        """Bytes on disk: the maps, and a compact entry's view (part of the entry)."""
+        return int(sum(f["bytes"] for f in self.meta["files"].values())) + self.meta.get(
+            "view_bytes", 0
+        )
 
     def _layer_file(self, layer: int) -> Path:
+        if layer not in self.map_layers:
+            raise HarnessError(
+                f"the rows view reads the full maps of layer {layer}, which this compact cache "
+                f"entry does not keep (cache: {{keep: views}} keeps those of layers "
+                f"{list(self.map_layers)}, the ones the study's rows view can choose); use "
+                "cache: {keep: maps} or a position-free view for it"
+            )
         return self.path / f"layer_{layer:02d}.bin"
 
     def verify(self) -> None:
@@ -115,7 +140,7 @@ class AttentionCache:
                 raise CacheCorrupt(f"{file} fails its checksum")
 
     def maps(self, i: int) -> np.ndarray:
-        """All maps of sentence ``i`` as fp16 ``[L, H, n, n]``."""
+        """All maps of sentence ``i`` as fp16 ``[L, H, n, n]`` (of a full entry)."""
         if not 0 <= i < len(self):
             raise IndexError(f"sentence {i} out of range for a cache of {len(self)}")
         pos = int(self.position[i])
@@ -167,6 +192,8 @@ class AttentionCache:
             )
         if spec.view != "rows":
             return self.view().token_features(maps, spec.view, spec.reducer)
+        for layer in spec.layers:
+            self._layer_file(layer)  # a compact entry without these maps refuses now
         width = spec.input_size(self.max_len, self.num_heads)
 
         def read(sentences: np.ndarray, tokens: int) -> np.ndarray:
@@ -249,7 +276,10 @@ class ViewCache:
 
     @property
     def nbytes(self) -> int:
-        return int(sum(f["bytes"] for f in self.meta["files"].values()))
+        """Bytes on disk: the maps, and a compact entry's view (part of the entry)."""
+        return int(sum(f["bytes"] for f in self.meta["files"].values())) + self.meta.get(
+            "view_bytes", 0
+        )
 
     def verify(self) -> None:
         """Check every file's size and crc32 against meta.json; raise ``CacheCorrupt``."""
@@ -338,10 +368,19 @@ def _open_verified(cache: AttentionCache, path: Path) -> ViewCache:
     return view
 
 
-def open_view(cache: AttentionCache, w: int = 3, progress: bool = True) -> ViewCache:
+def open_view(cache: AttentionCache, w: int = RELATIVE_W, progress: bool = True) -> ViewCache:
     """The ``relative`` view (window ``w``) of ``cache``, computed only if no valid one is
     stored. Safe from several processes at once: one computes, the others wait and reuse.
+    A compact entry's view was written with it and cannot be computed again from maps.
     """
+    if cache.compact:
+        final = cache.path / "views" / f"relative-w{w}"
+        if w != cache.meta["view_w"]:
+            raise HarnessError(
+                f"this compact cache entry keeps the relative view with w = "
+                f"{cache.meta['view_w']}, not {w}; use cache: {{keep: maps}} for other windows"
+            )
+        return _open_verified(cache, final)
     view_size("relative", w)  # validates w before anything is created
     root = cache.path / "views"
     root.mkdir(exist_ok=True)
@@ -369,21 +408,73 @@ def open_view(cache: AttentionCache, w: int = 3, progress: bool = True) -> ViewC
         return _open_verified(cache, final)
 
 
+def view_bytes(num_sentences: int, tokens: int, num_layers: int, num_heads: int, w: int) -> int:
+    """Bytes of a stored ``relative`` view: fp16 token rows of every map, float32 means."""
+    per_map = view_size("relative", w)
+    return num_layers * num_heads * per_map * (2 * tokens + 4 * num_sentences)
+
+
+class ViewWriter:
+    """Writes a ``relative`` view into a new folder: each layer's token rows in storage
+    order, as they come, and each sentence's pooled means. Used when a view is computed
+    from a full entry's maps and when a compact entry is extracted."""
+
+    def __init__(self, folder: Path, num_sentences: int, num_layers: int, num_heads: int, w: int):
+        self.folder, self.w = folder, w
+        folder.mkdir(parents=True)
+        shape = (num_sentences, num_layers, num_heads, view_size("relative", w))
+        self.pooled = np.zeros(shape, np.float32)
+        self.files = [open(folder / f"layer_{x:02d}.bin", "wb") for x in range(num_layers)]
+        self.crcs, self.sizes = [0] * num_layers, [0] * num_layers
+
+    def add(self, layer: int, sentences: np.ndarray, values: np.ndarray) -> None:
+        """``values``: ``view_block`` of ``sentences`` (fp16 ``[k, n, H, F]``), the next
+        ones of ``layer`` in storage order."""
+        self.files[layer].write(values)
+        self.crcs[layer] = zlib.crc32(values, self.crcs[layer])
+        self.sizes[layer] += values.nbytes
+        self.pooled[sentences, layer] = pool(values)
+
+    def close(self) -> None:
+        for fh in self.files:
+            fh.close()
+
+    def finish(self, attention_key: str, tokens: int) -> None:
+        """Close the layer files; write the pooled means and meta.json."""
+        self.close()
+        self.pooled.tofile(self.folder / "pooled.bin")
+        files = {
+            f"layer_{layer:02d}.bin": {"bytes": size, "crc32": crc}
+            for layer, (size, crc) in enumerate(zip(self.sizes, self.crcs, strict=True))
+        }
+        files["pooled.bin"] = {"bytes": self.pooled.nbytes, "crc32": zlib.crc32(self.pooled)}
+        n, num_layers, num_heads, num_features = self.pooled.shape
+        meta = {
+            "format": VIEW_FORMAT,
+            "view": "relative",
+            "w": self.w,
+            "attention_key": attention_key,
+            "sentences": n,
+            "num_layers": num_layers,
+            "num_heads": num_heads,
+            "num_features": num_features,
+            "tokens": tokens,
+            "files": files,
+        }
+        (self.folder / "meta.json").write_text(json.dumps(meta))
+
+
 def _write_view(cache: AttentionCache, w: int, final: Path, progress: bool) -> None:
     # only the lock holder writes, so any other half-written view is a killed writer's
     for stale in final.parent.glob(f"{final.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    shape = (len(cache), cache.num_layers, cache.num_heads, view_size("relative", w))
-    per_token = 2 * shape[1] * shape[2] * shape[3]  # fp16 [H, F] of every layer
-    needed = int(cache.lengths.sum()) * per_token + 4 * int(np.prod(shape))
+    tokens = int(cache.lengths.sum())
+    needed = view_bytes(len(cache), tokens, cache.num_layers, cache.num_heads, w)
     check_free_space(final.parent, needed, f"the stored {final.name} view", "cache_dir")
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    tmp.mkdir()
     start = time.perf_counter()
+    writer = ViewWriter(tmp, len(cache), cache.num_layers, cache.num_heads, w)
     try:
-        pooled = np.zeros(shape, np.float32)
-        files = [open(tmp / f"layer_{layer:02d}.bin", "wb") for layer in range(shape[1])]
-        crcs, sizes = [0] * shape[1], [0] * shape[1]
         bar = tqdm(
             total=len(cache), desc="computing attention views", unit="sent", disable=not progress
         )
@@ -393,17 +484,12 @@ def _write_view(cache: AttentionCache, w: int, final: Path, progress: bool) -> N
             with num_threads(train_threads()):
                 for lo, hi in cache._chunks():
                     for layer, sentences, values in _chunk_views(cache, lo, hi, w):
-                        files[layer].write(values)
-                        crcs[layer] = zlib.crc32(values, crcs[layer])
-                        sizes[layer] += values.nbytes
-                        pooled[sentences, layer] = pool(values)
+                        writer.add(layer, sentences, values)
                     bar.update(hi - lo)
         finally:
             bar.close()
-            for fh in files:
-                fh.close()
-        pooled.tofile(tmp / "pooled.bin")
-        _write_meta(tmp, cache, w, shape, crcs, sizes, pooled)
+            writer.close()
+        writer.finish(cache.key, tokens)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -432,32 +518,3 @@ def _chunk_views(
             s = int(cache.offsets[lo + a] - cache.offsets[lo])
             block = flat[s : s + k * cache.num_heads * n * n].reshape(k, -1, n, n)
             yield layer, cache.order[lo + a : lo + b], view_block(block, w)
-
-
-def _write_meta(
-    tmp: Path,
-    cache: AttentionCache,
-    w: int,
-    shape: tuple[int, int, int, int],
-    crcs: list[int],
-    sizes: list[int],
-    pooled: np.ndarray,
-) -> None:
-    files = {
-        f"layer_{layer:02d}.bin": {"bytes": sizes[layer], "crc32": crcs[layer]}
-        for layer in range(shape[1])
-    }
-    files["pooled.bin"] = {"bytes": pooled.nbytes, "crc32": zlib.crc32(pooled)}
-    meta = {
-        "format": VIEW_FORMAT,
-        "view": "relative",
-        "w": w,
-        "attention_key": cache.key,
-        "sentences": shape[0],
-        "num_layers": shape[1],
-        "num_heads": shape[2],
-        "num_features": shape[3],
-        "tokens": int(cache.lengths.sum()),
-        "files": files,
-    }
-    (tmp / "meta.json").write_text(json.dumps(meta))

@@ -20,16 +20,16 @@ import logging
 import os
 import shutil
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.attention.cache import AttentionCache, CacheCorrupt
+from harness.attention.cache import RELATIVE_W, AttentionCache, CacheCorrupt, ViewWriter
 from harness.attention.embeddings import EMBEDDINGS_FILE, mean_pool, write_embeddings
-from harness.attention.views import length_runs
+from harness.attention.views import length_runs, view_block
 from harness.core import (
     HarnessError,
     check_writable_dir,
@@ -46,9 +46,14 @@ log = logging.getLogger("harness")
 CACHE_FORMAT = 1
 
 
-def cache_key(encoder: Encoder, texts: list[str], max_len: int) -> str:
-    """Everything that changes the maps: encoder weights and tokenizer, max_len, the texts."""
+def cache_key(
+    encoder: Encoder, texts: list[str], max_len: int, keep_maps: Sequence[int] | None = None
+) -> str:
+    """Everything that changes the maps: encoder weights and tokenizer, max_len, the texts;
+    and, for a compact entry, which maps it keeps."""
     parts = [f"v{CACHE_FORMAT}", encoder.fingerprint, str(max_len), texts_sha256(texts)]
+    if keep_maps is not None:
+        parts.append(f"views-w{RELATIVE_W}+maps:{','.join(map(str, sorted(keep_maps)))}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
@@ -98,12 +103,15 @@ def _stamp(path: Path) -> tuple[str, float]:
 
 
 def _open_verified(path: Path) -> AttentionCache:
-    """Open and verify an entry once per process (crc32 reads at ~3 GB/s)."""
+    """Open and verify an entry once per process (crc32 reads at ~3 GB/s), a compact
+    entry's view included."""
     try:
         stamp = _stamp(path)
         cache = AttentionCache(path)
         if stamp not in _VERIFIED:
             cache.verify()
+            if cache.compact:
+                cache.view()
             _VERIFIED.add(stamp)
     except (OSError, ValueError, KeyError) as exc:
         raise CacheCorrupt(f"{path}: {exc}") from None
@@ -118,8 +126,13 @@ def extract_attention(
     batch_size: int = 64,
     cache_dir: Path | str | None = None,
     progress: bool = True,
+    keep_maps: Sequence[int] | None = None,
 ) -> AttentionCache:
     """Return the cache entry for these texts, extracting it only if no valid one exists.
+
+    ``keep_maps`` given: the compact form (``cache: {keep: views}``), which stores the
+    ``relative`` view of every map, computed from each batch as it is extracted, and the
+    full maps of those layers only (``()``: none).
 
     Safe to call from several processes at once: one extracts, the others wait (saying who
     they wait for) and reuse. A corrupt entry is reported, removed and rebuilt, never read
@@ -133,7 +146,12 @@ def extract_attention(
     setting = "cache_dir (study file) or HARNESS_CACHE_DIR"
     check_writable_dir(root, "attention cache folder", setting)
     root.mkdir(parents=True, exist_ok=True)
-    key = cache_key(encoder, texts, max_len)
+    if keep_maps is not None:
+        keep_maps = tuple(sorted({int(x) for x in keep_maps}))
+        bad = [x for x in keep_maps if not 0 <= x < encoder.num_layers]
+        if bad:
+            raise HarnessError(f"keep_maps: layers {bad} out of range for {encoder.num_layers}")
+    key = cache_key(encoder, texts, max_len, keep_maps)
     final = root / key
     with waiting_lock(root / f"{key}.lock", "the attention cache entry", setting):
         if (final / "meta.json").exists():
@@ -152,7 +170,7 @@ def extract_attention(
         elif final.exists():
             log.warning("attention cache %s is incomplete; rebuilding it", final)
             shutil.rmtree(final)
-        _write_entry(encoder, texts, max_len, batch_size, final, progress)
+        _write_entry(encoder, texts, max_len, batch_size, final, progress, keep_maps)
         # The crc32s were computed over the very bytes just written: reading the whole
         # entry back to check them again would only re-read the page cache.
         _VERIFIED.add(_stamp(final))
@@ -160,22 +178,38 @@ def extract_attention(
 
 
 def _write_entry(
-    encoder: Encoder, texts: list[str], max_len: int, batch_size: int, final: Path, progress: bool
+    encoder: Encoder,
+    texts: list[str],
+    max_len: int,
+    batch_size: int,
+    final: Path,
+    progress: bool,
+    keep_maps: tuple[int, ...] | None,
 ) -> None:
     # only the lock holder writes, so any other half-written entry is a killed writer's
     for stale in final.parent.glob(f"{final.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     tmp.mkdir()
+    form = "" if keep_maps is None else f" (compact: views, maps of layers {list(keep_maps)})"
     log.info(
-        "extracting attention of %d sentences with %s into %s", len(texts), encoder.name, final
+        "extracting attention of %d sentences with %s into %s%s",
+        len(texts),
+        encoder.name,
+        final,
+        form,
     )
     try:
         n_layers, n_heads = encoder.num_layers, encoder.num_heads
-        files = [open(tmp / f"layer_{layer:02d}.bin", "wb") for layer in range(n_layers)]
-        crcs, sizes = [0] * n_layers, [0] * n_layers
+        kept = tuple(range(n_layers)) if keep_maps is None else keep_maps
+        files = {layer: open(tmp / f"layer_{layer:02d}.bin", "wb") for layer in kept}
+        crcs, sizes = dict.fromkeys(kept, 0), dict.fromkeys(kept, 0)
         lengths = np.zeros(len(texts), dtype=np.int64)
         pooled = np.zeros((len(texts), encoder.config.hidden_size), np.float32)
+        views = None
+        if keep_maps is not None:
+            folder = tmp / "views" / f"relative-w{RELATIVE_W}"
+            views = ViewWriter(folder, len(texts), n_layers, n_heads, RELATIVE_W)
         order: list[int] = []
         try:
             batches = iter_attention(encoder, texts, max_len, batch_size, progress, pooled)
@@ -187,12 +221,17 @@ def _write_entry(
                     n = int(lens[a])
                     for layer in range(n_layers):
                         block = np.ascontiguousarray(maps[layer, a:b, :, :n, :n])
-                        files[layer].write(block)
-                        crcs[layer] = zlib.crc32(block, crcs[layer])
-                        sizes[layer] += block.nbytes
+                        if views is not None:
+                            views.add(layer, idx[a:b], view_block(block, RELATIVE_W))
+                        if layer in files:
+                            files[layer].write(block)
+                            crcs[layer] = zlib.crc32(block, crcs[layer])
+                            sizes[layer] += block.nbytes
         finally:
-            for fh in files:
+            for fh in files.values():
                 fh.close()
+            if views is not None:
+                views.close()
         meta = {
             "format": CACHE_FORMAT,
             "encoder": encoder.name,
@@ -205,9 +244,18 @@ def _write_entry(
             "order": order,
             "files": {
                 f"layer_{layer:02d}.bin": {"bytes": sizes[layer], "crc32": crcs[layer]}
-                for layer in range(n_layers)
+                for layer in kept
             },
         }
+        if views is not None:
+            views.finish(final.name, int(lengths.sum()))
+            view_files = json.loads((views.folder / "meta.json").read_text())["files"]
+            meta.update(
+                keep="views",
+                map_layers=list(kept),
+                view_w=RELATIVE_W,
+                view_bytes=sum(f["bytes"] for f in view_files.values()),
+            )
         write_embeddings(tmp / EMBEDDINGS_FILE, encoder, max_len, pooled)
         (tmp / "meta.json").write_text(json.dumps(meta))
         os.replace(tmp, final)

@@ -133,6 +133,7 @@ def prepare(
         batch_size=config.encoder.batch_size,
         cache_dir=config.cache_dir,
         progress=progress,
+        keep_maps=config.search.rows_layers() if config.cache.keep == "views" else None,
     )
     timeout = timeout or config.timeout
     return Prepared(

@@ -68,6 +68,16 @@ class SplitConfig(Strict):
         return self
 
 
+class CacheConfig(Strict):
+    """``cache``: what an attention cache entry keeps. ``maps`` (the default, where it
+    fits): every full map, from which any view is built. ``views``: the position-free
+    ``relative`` view of every map, computed during extraction, plus the full maps of only
+    the layers a ``rows`` view of the search can read: about a quarter of the bytes for
+    MiniLM (docs/scale.md), for corpora whose full maps would not fit on the disk."""
+
+    keep: Literal["maps", "views"] = "maps"
+
+
 class EvaluationConfig(Strict):
     """``harness study evaluate``: repeated, grouped, stratified K-fold cross-validation
     over every sentence (``data.make_folds``)."""
@@ -292,6 +302,7 @@ class StudyConfig(Strict):
     tracking_uri: str | None = None
     artifact_location: str = Field(default="mlruns/artifacts", min_length=1)
     cache_dir: str | None = None
+    cache: CacheConfig = CacheConfig()
     #: register each new best trial as model version ``name`` with alias ``champion``
     register: bool = True
     search: SearchConfig

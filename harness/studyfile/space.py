@@ -41,6 +41,7 @@ from harness.studyfile.specs import (
     ClassifierSpec,
     Heads,
     divisible,
+    is_pairs,
     map_name,
     parse_map_name,
 )
@@ -88,6 +89,17 @@ class SearchConfig(Strict):
     #: classifier kind -> its hyperparameters (each a Dim); the kind itself is chosen
     #: among the keys
     classifier: dict[str, dict[str, Dim]]
+
+    def rows_layers(self) -> tuple[int, ...]:
+        """The layers whose full maps a ``rows`` view of this space can read (none when
+        ``rows`` is not among the views): what a compact cache keeps of the maps."""
+        if "rows" not in self.view:
+            return ()
+        layers = {layer for subset in self.layers for layer in subset}
+        for heads in self.heads:
+            if isinstance(heads, tuple) and is_pairs(heads):
+                layers |= {layer for layer, _ in heads}
+        return tuple(sorted(layers))
 
     @model_validator(mode="before")
     @classmethod
