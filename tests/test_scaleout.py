@@ -197,3 +197,86 @@ def test_two_workers_on_postgresql_and_an_mlflow_server(
     probs = run.predict_proba([texts[int(r["row_id"])] for r in rows])
     logged = np.array([float(r["probability"]) for r in rows])
     np.testing.assert_allclose(probs, logged, atol=1e-5)
+
+
+CLUSTER_SEARCH = """\
+search:
+  layers: [[0, 1]]
+  heads: [all, {top: 2}]
+  view: stats
+  reducer: stack
+  classifier:
+    linear: {c: 0.5}
+"""
+
+
+def test_the_cache_is_extracted_once_per_cluster_even_when_its_extractor_dies(
+    tmp_path, tiny_bert, databases, mlflow_server
+):
+    """Three "machines" (own working folder, own cache folder): A dies while extracting;
+    B and C start together; one of them takes over A's lease and extracts, the other
+    downloads the entry it logged. The head sweep and the baselines run once too."""
+    data = write_synthetic_csv(tmp_path / "data.csv", n=12000)
+    path = study_yaml(
+        tmp_path,
+        name="cluster",
+        dataset=str(data),
+        encoder=str(tiny_bert),
+        n_trials=2,
+        extra="pruner: {name: none}\nbaselines: [majority, length]\n",
+        search=CLUSTER_SEARCH,
+    )
+    path.write_text(
+        "".join(line for line in path.read_text().splitlines(True) if "cache_dir" not in line)
+    )
+    command = [sys.executable, "-m", "harness", "study", "run", str(path)]
+    command += ["--storage", databases["optuna"], "--tracking-uri", mlflow_server]
+
+    def start(machine: str) -> subprocess.Popen:
+        home = tmp_path / machine
+        home.mkdir()
+        return subprocess.Popen(
+            command,
+            cwd=home,
+            env={**os.environ, "HARNESS_CACHE_DIR": str(home / "cache")},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    a = start("a")
+    seen: list[str] = []
+    for line in a.stderr:  # killed the moment it says it extracts, lease in hand
+        seen.append(line)
+        if "extracting attention of" in line:
+            a.kill()
+            break
+    a.wait(timeout=60)
+    assert a.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+    client = MlflowClient(mlflow_server)
+    cache_experiment = client.get_experiment_by_name("harness-cache")
+    if cache_experiment is not None:  # A logged nothing: it died before the entry existed
+        assert not client.search_runs([cache_experiment.experiment_id])
+
+    b, c = start("b"), start("c")
+    logs = [w.communicate(timeout=400)[1] for w in (b, c)]
+    for worker, err in zip((b, c), logs, strict=True):
+        assert worker.returncode == 0, err[-3000:]
+    extracted = [err for err in logs if "extracting attention of" in err]
+    downloaded = [err for err in logs if "downloaded attention cache entry" in err]
+    assert len(extracted) == 1 and len(downloaded) == 1, [e[-1500:] for e in logs]
+    assert "checksums verified, not extracted here" in downloaded[0]
+
+    cache_runs = client.search_runs([client.get_experiment_by_name("harness-cache").experiment_id])
+    assert len(cache_runs) == 1 and cache_runs[0].info.status == "FINISHED"
+    run = cache_runs[0]
+    assert run.data.tags["harness.role"] == "cache" and run.data.params["sentences"] == "12000"
+    key = run.data.tags["harness.cache_key"]
+    for machine in "bc":
+        assert (tmp_path / machine / "cache" / key / "meta.json").exists()
+
+    experiment = client.get_experiment_by_name("cluster")
+    runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
+    roles = [r.data.tags["harness.role"] for r in runs if r.info.status == "FINISHED"]
+    assert roles.count("probe") == 1  # the head sweep
+    assert roles.count("baseline") == 2  # majority and length, each once

@@ -13,7 +13,7 @@ __getattr__, __dir__, __all__ = attach(
     {
         "cache": ["AttentionCache"],
         "embeddings": ["cached_embeddings", "mean_pooled"],
-        "extract": ["extract_attention", "iter_attention"],
+        "extract": ["cache_key", "extract_attention", "iter_attention"],
         "features": ["reduce_maps"],
         "stream": ["Features", "StreamedFeatures", "mean_over_tokens"],
         "views": ["token_features_from_attention"],

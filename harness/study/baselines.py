@@ -68,7 +68,13 @@ def finished_baselines(tracker: Tracker, parent_id: str) -> dict[str, str]:
 
 def run_baselines(ctx: StudyContext) -> dict[str, str]:
     """Fit and log the study's baselines that are not logged yet; name -> run id of each
-    (in study-file order)."""
+    (in study-file order). One worker at a time, under the study's baselines lease, so two
+    that finish together do not both fit them."""
+    with ctx.lease("baselines", "the baselines (fitted once per study)"):
+        return _run_baselines(ctx)
+
+
+def _run_baselines(ctx: StudyContext) -> dict[str, str]:
     done = finished_baselines(ctx.tracker, ctx.parent_run_id)
     for name in ctx.config.baselines:
         if name in done:

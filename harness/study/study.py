@@ -21,8 +21,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from harness.attention import extract_attention
-from harness.core import HarnessError, default_cache_dir, train_threads
+from harness.core import HarnessError, default_cache_dir, default_device, train_threads
 from harness.encoders import check_encoder, load_encoder
 from harness.report import n_covered, n_finished, n_pruned, trial_rows
 from harness.study.callbacks import (
@@ -45,6 +44,7 @@ from harness.study.inputs import (
 from harness.study.intermediary import ensure_baseline, ensure_encoder_run, finetune_for_study
 from harness.study.search import make_pruner, make_sampler
 from harness.study.settle import StaleHandler, settle_runs
+from harness.study.shared import shared_attention
 from harness.study.sweep import ensure_sweep, ranking
 from harness.study.trial import Objective, StudyContext, TrialFailed
 from harness.study.workers import (
@@ -59,6 +59,7 @@ from harness.tracking import (
     Tracker,
     WorkerLease,
     check_study,
+    cluster_lease,
     heartbeat_interval,
     make_storage,
     store_outage,
@@ -115,7 +116,7 @@ def prepare(
             "runs one sub-study per condition and compares them (one worker per process)"
         )
     enc = config.encoder
-    encoder = load_encoder(enc.name, init=enc.init, seed=enc.seed)
+    encoder = load_encoder(enc.name, default_device(), init=enc.init, seed=enc.seed)
     check_encoder(config, encoder)
     dataset, split = load_data(config)
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
@@ -126,7 +127,7 @@ def prepare(
     finetuned = finetune_for_study(config, encoder, dataset, split, progress)
     if finetuned is not None:
         encoder = finetuned.encoder
-    cache = extract_attention(
+    cache = shared_attention(
         encoder,
         dataset.texts,
         max_len=config.encoder.max_len,
@@ -134,6 +135,8 @@ def prepare(
         cache_dir=config.cache_dir,
         progress=progress,
         keep_maps=config.search.rows_layers() if config.cache.keep == "views" else None,
+        tracking_uri=tracking,
+        storage_url=storage_url,
     )
     timeout = timeout or config.timeout
     return Prepared(
@@ -171,7 +174,10 @@ def open_stores(p: Prepared) -> Iterator[StudySession]:
         encoder_run = None
         if p.finetuned is not None:
             split_params = {"data_sha256": p.dataset.sha256, "split_seed": config.split.seed}
-            encoder_run = ensure_encoder_run(tracker, parent_id, p.finetuned, split_params)
+            what = "logging the fine-tuned encoder (once per study)"
+            name = f"harness-encoder-{parent_id}"
+            with cluster_lease(p.storage_url, name, what, p.cache.path.parent / "locks"):
+                encoder_run = ensure_encoder_run(tracker, parent_id, p.finetuned, split_params)
         ctx = StudyContext(
             config,
             p.dataset,
@@ -185,6 +191,7 @@ def open_stores(p: Prepared) -> Iterator[StudySession]:
             encoder_init=config.encoder.init,
             encoder_seed=config.encoder.seed,
             encoder_run_id=encoder_run,
+            storage_url=p.storage_url,
         )
         if p.finetuned is not None:
             ensure_baseline(ctx, p.finetuned)

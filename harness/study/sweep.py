@@ -185,17 +185,18 @@ def log_sweep(
 
 def ensure_sweep(ctx, progress: bool = True) -> list[HeadScore]:
     """The study's head sweep: read from its logged run when one exists under the parent,
-    else computed and logged once (it is deterministic given the cache and the split, so
-    a worker that computes it too gets the same ranking)."""
+    else computed and logged once, by the worker holding the study's sweep lease while the
+    others wait for it and then read it."""
     boot = ctx.config.bootstrap
     settings = SweepSettings(
         n_resamples=boot.n_resamples, confidence=boot.confidence, seed=boot.seed
     )
-    for run_id in ctx.tracker.find_children(ctx.parent_run_id, "probe", RUN_NAME):
-        text = ctx.tracker.read_text(run_id, "heads.csv")
-        if text is not None:
-            log.info("head sweep: reusing run %s (heads.csv)", run_id)
-            return from_csv(text)
-    scores = sweep_heads(ctx.cache, ctx.dataset, ctx.split, settings, progress)
-    log_sweep(ctx.tracker, ctx.parent_run_id, scores, settings, ctx.base_params())
-    return scores
+    with ctx.lease("sweep", "the head sweep (run once per study)"):
+        for run_id in ctx.tracker.find_children(ctx.parent_run_id, "probe", RUN_NAME):
+            text = ctx.tracker.read_text(run_id, "heads.csv")
+            if text is not None:
+                log.info("head sweep: reusing run %s (heads.csv)", run_id)
+                return from_csv(text)
+        scores = sweep_heads(ctx.cache, ctx.dataset, ctx.split, settings, progress)
+        log_sweep(ctx.tracker, ctx.parent_run_id, scores, settings, ctx.base_params())
+        return scores

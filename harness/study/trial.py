@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from contextlib import suppress
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 
 from harness.attention import AttentionCache
+from harness.core import default_cache_dir
 from harness.data import Dataset, Split
 from harness.models import (
     AttentionInputs,
@@ -35,6 +36,7 @@ from harness.tracking import (
     DESCRIPTION_TAG,
     WORKER_ATTR,
     Tracker,
+    cluster_lease,
     dataset_input,
     describe_model,
     describe_run,
@@ -79,6 +81,15 @@ class StudyContext:
     encoder_init: str = "pretrained"
     encoder_seed: int = 0
     encoder_run_id: str | None = None
+    #: the Optuna storage: its database holds the leases of what the study does once
+    storage_url: str = ""
+
+    def lease(self, name: str, what: str) -> AbstractContextManager[None]:
+        """Held across all the study's workers while one of them does ``what``, which the
+        study does once (the head sweep, the baselines): the others wait, then find it
+        logged (``tracking.cluster_lease``)."""
+        local = Path(self.config.cache_dir or default_cache_dir()) / "locks"
+        return cluster_lease(self.storage_url, f"harness-{name}-{self.parent_run_id}", what, local)
 
     def base_params(self) -> dict[str, str]:
         c = self.config

@@ -22,6 +22,12 @@ __getattr__, __dir__, __all__ = attach(
         "predict": ["ARTIFACT", "check_output", "load_run", "predict_texts", "write_scores"],
         "preflight": ["bound_mlflow_retries", "check_study", "storage_exists", "store_outage"],
         "runs": ["ROLE_TAG", "RunReader", "Tracker", "dumps"],
-        "storage": ["WORKER_ATTR", "WorkerLease", "heartbeat_interval", "make_storage"],
+        "storage": [
+            "WORKER_ATTR",
+            "WorkerLease",
+            "cluster_lease",
+            "heartbeat_interval",
+            "make_storage",
+        ],
     },
 )

@@ -20,6 +20,8 @@ forever. Two signals tell a dead worker from a slow one:
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import logging
 import os
 import random
 import re
@@ -27,22 +29,26 @@ import socket
 import time
 import uuid
 import warnings
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 import sqlalchemy.exc
+import sqlalchemy.pool
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.core import HarnessError, sqlite_init_lock
+from harness.core import HarnessError, sqlite_init_lock, waiting_lock
 from harness.studyfile import local_path, sqlalchemy_url
 
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+log = logging.getLogger("harness")
 
 
 #: trial user attribute naming the worker (lease token) that runs the trial
@@ -232,3 +238,68 @@ def _cannot_open(url: str, exc: Exception) -> HarnessError:
         f"cannot open Optuna storage {url!r}: {reason[:200]}; check the URL, that the "
         "database server runs and the database exists"
     )
+
+
+#: seconds between tries for a held cluster lease, and between "still waiting" lines
+LEASE_POLL_S = 1.0
+LEASE_LOG_S = 10.0
+
+
+@contextmanager
+def cluster_lease(storage_url: str, name: str, what: str, local_dir: Path) -> Iterator[None]:
+    """Hold the lease ``name`` (guarding ``what``) across every worker of a study.
+
+    On PostgreSQL it is a session advisory lock of the study's own Optuna database: every
+    machine of the study already reaches it, only one connection holds the lock, and the
+    server drops it the moment that connection does, however its worker ends (a killed
+    process, a lost machine), so another worker takes over. Elsewhere (SQLite, a journal
+    file: one machine) a file lock in ``local_dir`` does the same between processes.
+    While waiting, a line every ``LEASE_LOG_S`` seconds says who holds it.
+    """
+    if not storage_url.startswith("postgresql"):
+        local_dir.mkdir(parents=True, exist_ok=True)
+        with waiting_lock(local_dir / f"{_safe_name(name)}.lock", what, "cache_dir"):
+            yield
+        return
+    # a positive 63-bit key: pg_locks shows it as (classid << 32) | objid
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") >> 1
+    me = _safe_name(f"harness {socket.gethostname()}-{os.getpid()}")
+    engine = sqlalchemy.create_engine(
+        sqlalchemy_url(storage_url),
+        poolclass=sqlalchemy.pool.NullPool,
+        isolation_level="AUTOCOMMIT",  # a session lock, no transaction held open
+        connect_args={"application_name": me[:63]},
+    )
+    try:
+        with engine.connect() as conn:
+            started = last = time.monotonic()
+            take = sqlalchemy.text("SELECT pg_try_advisory_lock(:k)")
+            while not conn.execute(take, {"k": key}).scalar():
+                if time.monotonic() - last >= LEASE_LOG_S:
+                    last = time.monotonic()
+                    log.info(
+                        "waiting for %s, which %s holds (%.0f s so far)",
+                        what,
+                        _lease_holder(conn, key),
+                        last - started,
+                    )
+                time.sleep(LEASE_POLL_S)
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        engine.dispose()
+
+
+def _lease_holder(conn, key: int) -> str:
+    """The application name and address of the connection holding advisory lock ``key``."""
+    row = conn.execute(
+        sqlalchemy.text(
+            "SELECT a.application_name, a.client_addr FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+            "AND l.granted AND ((l.classid::bigint << 32) | l.objid::bigint) = :k"
+        ),
+        {"k": key},
+    ).first()
+    return f"{row[0] or 'a worker'} ({row[1] or 'local'})" if row else "another worker"
