@@ -57,7 +57,13 @@ __getattr__, __dir__, __all__ = attach(
             "texts_sha256",
             "waiting_lock",
         ],
-        "runtime": ["extraction_threads", "num_threads", "setup_logging", "train_threads"],
+        "runtime": [
+            "default_device",
+            "extraction_threads",
+            "num_threads",
+            "setup_logging",
+            "train_threads",
+        ],
     },
 )
 __all__ += ["__version__", "attach"]

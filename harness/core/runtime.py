@@ -40,6 +40,15 @@ def train_threads() -> int:
     return int(os.environ.get("HARNESS_NUM_THREADS", "1"))
 
 
+def default_device() -> str:
+    """Where extraction and reader training run: ``$HARNESS_DEVICE``, else CUDA when torch
+    sees a GPU, else the CPU. Study files do not name a device, so the same file runs on
+    a laptop and on a GPU machine."""
+    import torch
+
+    return os.environ.get("HARNESS_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 @contextmanager
 def num_threads(n: int) -> Iterator[None]:
     """Run a block with ``n`` intra-op threads, then restore the previous setting."""

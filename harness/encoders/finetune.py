@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from harness.core import HarnessError, default_cache_dir
+from harness.core import HarnessError, default_cache_dir, default_device
 from harness.data import Dataset, Split
 from harness.encoders.finetune_loop import (
     EpochCallback,
@@ -109,7 +109,7 @@ def finetune_encoder(
     """Fine-tune ``base`` (or reuse the cached result) and return it as an ``Encoder``.
 
     ``cache_dir`` is the study's cache root (the attention cache's default); the folder is
-    ``cache_dir/finetuned/KEY``. ``device`` defaults to CUDA when available, else CPU.
+    ``cache_dir/finetuned/KEY``. ``device`` defaults to ``core.default_device()``.
     ``on_epoch(epoch, train_loss, val_auc)`` runs after each epoch that is trained.
     """
     if base.init != "pretrained":
@@ -152,7 +152,7 @@ def _build(
     """Train, then write the folder under a temporary name and rename it into place."""
     for stale in final.parent.glob(f"{final.name}.tmp-*"):  # only the lock holder writes
         shutil.rmtree(stale, ignore_errors=True)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     log.info(
         "fine-tuning %s on %d sentences of %s (%d validate), %d epoch(s) on %s into %s",
         base.name,

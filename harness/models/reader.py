@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.attention import Features
+from harness.core import default_device
 from harness.models.base import EpochCallback, FitResult, write_model
 from harness.models.inputs import AttentionInputs, inputs_from_dict
 from harness.models.train import TrainSettings, predict_logits, seed_everything, sigmoid, train
@@ -267,6 +268,7 @@ class ReaderModel:
         self.module = self._build()
         if self.inputs.features.view != "rows" or self.inputs.pooled:
             self.module.norm.fit(x, lengths, train_idx)
+        self.module.to(default_device())
         return train(self.module, x, lengths, labels, train_idx, val_idx, self.settings, on_epoch)
 
     def predict_proba(
@@ -280,7 +282,8 @@ class ReaderModel:
 
     def save(self, directory: Path) -> None:
         settings = {"classifier": self.spec.to_dict(), "input_size": self.input_size}
-        write_model(self, directory, settings, safetensors.torch.save(self.module.state_dict()))
+        state = {k: v.cpu() for k, v in self.module.state_dict().items()}
+        write_model(self, directory, settings, safetensors.torch.save(state))
 
     @classmethod
     def load(cls, directory: Path, config: dict) -> ReaderModel:

@@ -44,13 +44,17 @@ def seed_everything(seed: int) -> None:
 
 
 def _batch(
-    x: Features, lengths: torch.Tensor, b: np.ndarray, bucketing: bool
+    x: Features,
+    lengths: torch.Tensor,
+    b: np.ndarray,
+    bucketing: bool,
+    device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows ``b`` of ``x`` (an array, or a cache's stream that builds just these rows),
-    cut to their longest sentence when bucketing."""
+    cut to their longest sentence when bucketing, on the model's device."""
     lens = lengths[torch.from_numpy(b)]
     width = int(lens.max()) if bucketing else x.shape[1]
-    return torch.from_numpy(np.ascontiguousarray(x[b, :width])), lens
+    return torch.from_numpy(np.ascontiguousarray(x[b, :width])).to(device), lens.to(device)
 
 
 @torch.no_grad()
@@ -65,11 +69,12 @@ def predict_logits(
     """Logits for rows ``idx``, in that order (the output does not depend on padding, so
     ``bucketing`` changes only the speed)."""
     model.eval()
+    device = next(model.parameters()).device
     out = np.empty(len(idx), dtype=np.float32)
     pos = {int(i): p for p, i in enumerate(idx)}
     for b in make_batches(lengths.numpy(), idx, batch_size, bucketing):
-        xb, lb = _batch(x, lengths, b, bucketing)
-        out[[pos[int(i)] for i in b]] = model(xb, lb).numpy()
+        xb, lb = _batch(x, lengths, b, bucketing, device)
+        out[[pos[int(i)] for i in b]] = model(xb, lb).cpu().numpy()
     return out
 
 
@@ -93,6 +98,7 @@ def train(
     ``TrialPruned``) to stop the trial. The model ends with its best-epoch weights.
     """
     seed_everything(settings.seed)
+    device = next(model.parameters()).device  # the batches go where the model is
     rng = np.random.default_rng(settings.seed)
     y = torch.from_numpy(labels.astype(np.float32))
     optimizer = torch.optim.Adam(
@@ -107,8 +113,8 @@ def train(
         for b in make_batches(
             lengths.numpy(), train_idx, settings.batch_size, settings.bucketing, rng
         ):
-            xb, lb = _batch(x, lengths, b, settings.bucketing)
-            loss = loss_fn(model(xb, lb), y[torch.from_numpy(b)])
+            xb, lb = _batch(x, lengths, b, settings.bucketing, device)
+            loss = loss_fn(model(xb, lb), y[torch.from_numpy(b)].to(device))
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"loss became {loss.item()} in epoch {epoch}")
             optimizer.zero_grad(set_to_none=True)
