@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +210,31 @@ search:
 """
 
 
+def machines(path: Path, storage: str, tracking: str) -> Callable[[str], subprocess.Popen]:
+    """``start(machine)``: a worker of the study file at ``path`` (its ``cache_dir`` line
+    dropped) with a working folder and cache folder of its own, standing in for a machine;
+    stderr piped."""
+    path.write_text(
+        "".join(line for line in path.read_text().splitlines(True) if "cache_dir" not in line)
+    )
+    command = [sys.executable, "-m", "harness", "study", "run", str(path)]
+    command += ["--storage", storage, "--tracking-uri", tracking]
+
+    def start(machine: str) -> subprocess.Popen:
+        home = path.parent / machine
+        home.mkdir()
+        return subprocess.Popen(
+            command,
+            cwd=home,
+            env={**os.environ, "HARNESS_CACHE_DIR": str(home / "cache")},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    return start
+
+
 def test_the_cache_is_extracted_once_per_cluster_even_when_its_extractor_dies(
     tmp_path, tiny_bert, databases, mlflow_server
 ):
@@ -226,24 +251,7 @@ def test_the_cache_is_extracted_once_per_cluster_even_when_its_extractor_dies(
         extra="pruner: {name: none}\nbaselines: [majority, length]\n",
         search=CLUSTER_SEARCH,
     )
-    path.write_text(
-        "".join(line for line in path.read_text().splitlines(True) if "cache_dir" not in line)
-    )
-    command = [sys.executable, "-m", "harness", "study", "run", str(path)]
-    command += ["--storage", databases["optuna"], "--tracking-uri", mlflow_server]
-
-    def start(machine: str) -> subprocess.Popen:
-        home = tmp_path / machine
-        home.mkdir()
-        return subprocess.Popen(
-            command,
-            cwd=home,
-            env={**os.environ, "HARNESS_CACHE_DIR": str(home / "cache")},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
+    start = machines(path, databases["optuna"], mlflow_server)
     a = start("a")
     seen: list[str] = []
     for line in a.stderr:  # killed the moment it says it extracts, lease in hand
@@ -280,3 +288,47 @@ def test_the_cache_is_extracted_once_per_cluster_even_when_its_extractor_dies(
     roles = [r.data.tags["harness.role"] for r in runs if r.info.status == "FINISHED"]
     assert roles.count("probe") == 1  # the head sweep
     assert roles.count("baseline") == 2  # majority and length, each once
+
+
+def test_the_fine_tuned_encoder_is_trained_once_per_cluster(
+    tmp_path, tiny_bert, databases, mlflow_server
+):
+    """Two "machines" start a fine-tuning study together: one fine-tunes the encoder and
+    extracts its attention, the other downloads both; one encoder run under the parent."""
+    data = write_synthetic_csv(tmp_path / "data.csv", n=600)
+    path = study_yaml(
+        tmp_path,
+        name="tuned",
+        dataset=str(data),
+        encoder=str(tiny_bert),
+        n_trials=2,
+        extra="pruner: {name: none}\n",
+        search=CLUSTER_SEARCH,
+    )
+    finetune = "finetune: {epochs: 1, lr: 1.0e-3, batch_size: 16, max_len: 32}"
+    path.write_text(path.read_text().replace("batch_size: 16}", f"batch_size: 16, {finetune}}}", 1))
+    start = machines(path, databases["optuna"], mlflow_server)
+    b, c = start("b"), start("c")
+    logs = [w.communicate(timeout=400)[1] for w in (b, c)]
+    for worker, err in zip((b, c), logs, strict=True):
+        assert worker.returncode == 0, err[-3000:]
+    tuned = [err for err in logs if "fine-tuning " in err]
+    fetched = [err for err in logs if "downloaded fine-tuned encoder" in err]
+    assert len(tuned) == 1 and len(fetched) == 1, [e[-1500:] for e in logs]
+    assert "checksums verified, not fine-tuned here" in fetched[0]
+    assert "downloaded attention cache entry" in fetched[0]
+    assert "extracting attention of" not in fetched[0]
+
+    client = MlflowClient(mlflow_server)
+    cache_runs = client.search_runs([client.get_experiment_by_name("harness-cache").experiment_id])
+    kinds = sorted(r.data.tags["harness.cache_kind"] for r in cache_runs)
+    assert kinds == ["attention", "finetuned"]
+    assert all(r.info.status == "FINISHED" for r in cache_runs)
+    key = next(r for r in cache_runs if r.data.tags["harness.cache_kind"] == "finetuned")
+    key = key.data.tags["harness.cache_key"]
+    for machine in "bc":
+        assert (tmp_path / machine / "cache" / "finetuned" / key / "finetune.json").exists()
+    experiment = client.get_experiment_by_name("tuned")
+    runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
+    names = [r.info.run_name for r in runs if r.info.status == "FINISHED"]
+    assert names.count("encoder-finetune") == 1 and names.count("baseline-finetuned") == 1

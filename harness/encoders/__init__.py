@@ -10,7 +10,13 @@ from harness.core import attach
 __getattr__, __dir__, __all__ = attach(
     __name__,
     {
-        "finetune": ["Finetuned", "FinetunedClassifier", "finetune_encoder"],
+        "finetune": [
+            "RECORD",
+            "Finetuned",
+            "FinetunedClassifier",
+            "finetune_encoder",
+            "finetune_key",
+        ],
         "guard": ["finetune_data"],
         "load": [
             "ALIASES",

@@ -46,7 +46,7 @@ class TrainedClassifier:
 
 
 def batch_inputs(
-    ids: list[list[int]], idx: np.ndarray, pad_id: int, device, width: int | None = None
+    ids: list[np.ndarray], idx: np.ndarray, pad_id: int, device, width: int | None = None
 ) -> dict[str, torch.Tensor]:
     """Token ids and attention mask of sentences ``idx``, padded to ``width`` (default:
     the batch's longest sentence)."""
@@ -71,7 +71,7 @@ def train_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler,
-    ids: list[list[int]],
+    ids: list[np.ndarray],
     labels: np.ndarray,
     batches: list[np.ndarray],
     pad_id: int,
@@ -106,7 +106,7 @@ def train_epoch(
 @torch.inference_mode()
 def length_sorted_proba(
     model: torch.nn.Module,
-    ids: list[list[int]],
+    ids: list[np.ndarray],
     idx: np.ndarray,
     pad_id: int,
     batch_size: int = 64,
@@ -143,7 +143,7 @@ def make_optimizer(model: torch.nn.Module, settings: FinetuneConfig, steps: int)
 
 def train_classifier(
     model: torch.nn.Module,
-    ids: list[list[int]],
+    ids: list[np.ndarray],
     labels: np.ndarray,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
