@@ -6,7 +6,8 @@ into a study's life:
 * ``finetune_for_study`` runs in ``prepare``, after the data is split and before the
   attention is extracted, so the fine-tuned encoder's attention is cached and probed
   exactly like a pretrained one's (under its own fingerprint). Its leak check runs before
-  any study, run or cache entry exists.
+  any study, run or cache entry exists; the fine-tuning runs once per cluster
+  (``harness.study.shared``).
 * ``ensure_encoder_run`` logs the fine-tuning once per study as a child run (tag
   ``harness.role=encoder``): settings, per-epoch train loss and validation AUC, and the
   saved encoder folder as the artifact ``encoder/``. Trials on the encoder name that run
@@ -24,6 +25,7 @@ import os
 from typing import TYPE_CHECKING
 
 from harness.encoders import Encoder
+from harness.study.shared import shared_finetune
 from harness.tracking import ARTIFACT
 
 if TYPE_CHECKING:
@@ -42,21 +44,28 @@ FINGERPRINT_TAG = "harness.encoder_fingerprint"
 
 
 def finetune_for_study(
-    config: StudyConfig, base: Encoder, dataset: Dataset, split: Split, progress: bool
+    config: StudyConfig,
+    base: Encoder,
+    dataset: Dataset,
+    split: Split,
+    progress: bool,
+    tracking_uri: str,
+    storage_url: str,
 ) -> Finetuned | None:
-    """The study's fine-tuned encoder (trained now, or reused from the cache), or ``None``
-    when the study file has no ``encoder.finetune``. Refuses a leaking file first."""
+    """The study's fine-tuned encoder (trained now, reused from the cache, or downloaded
+    from the cluster's cache run: ``shared``), or ``None`` when the study file has no
+    ``encoder.finetune``. Refuses a leaking file first."""
     if config.encoder.finetune is None:
         return None
-    from harness.encoders import finetune_encoder
-
-    return finetune_encoder(
+    return shared_finetune(
         base,
         config.encoder.finetune,
         dataset,
         split,
         cache_dir=config.cache_dir,
         progress=progress,
+        tracking_uri=tracking_uri,
+        storage_url=storage_url,
     )
 
 
@@ -126,16 +135,17 @@ def ensure_encoder_run(
 def ensure_baseline(ctx: StudyContext, finetuned: Finetuned) -> str:
     """``baseline-finetuned`` under the study's parent, logged once: the fine-tuned
     model's own head, scored on the study's validation and test rows like a trial."""
-    found = ctx.tracker.find_children(ctx.parent_run_id, "baseline", BASELINE_RUN)
-    if found:
-        return found[0]
     from harness.models import FinetunedModel
     from harness.study.trial import log_model_run
 
-    ref = {
-        "name": finetuned.encoder.name,
-        "fingerprint": finetuned.encoder.fingerprint,
-        "run_id": ctx.encoder_run_id,
-    }
-    model = FinetunedModel(finetuned.path, ref, ctx.dataset.positive_label)
-    return log_model_run(ctx, model, BASELINE_RUN, "baseline", {"classifier": "finetuned"})
+    with ctx.lease(BASELINE_RUN, f"{BASELINE_RUN} (scored once per study)"):
+        found = ctx.tracker.find_children(ctx.parent_run_id, "baseline", BASELINE_RUN)
+        if found:
+            return found[0]
+        ref = {
+            "name": finetuned.encoder.name,
+            "fingerprint": finetuned.encoder.fingerprint,
+            "run_id": ctx.encoder_run_id,
+        }
+        model = FinetunedModel(finetuned.path, ref, ctx.dataset.positive_label)
+        return log_model_run(ctx, model, BASELINE_RUN, "baseline", {"classifier": "finetuned"})

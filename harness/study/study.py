@@ -124,7 +124,7 @@ def prepare(
     check_continuation(config, storage_url, dataset, split, where, target)
     # fine-tuning (or finding it cached) comes before extraction: its leak check refuses
     # before anything exists, and the attention is then the fine-tuned encoder's
-    finetuned = finetune_for_study(config, encoder, dataset, split, progress)
+    finetuned = finetune_for_study(config, encoder, dataset, split, progress, tracking, storage_url)
     if finetuned is not None:
         encoder = finetuned.encoder
     cache = shared_attention(
