@@ -244,17 +244,18 @@ def plot(points: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     n = np.array([p["n"] for p in points], float)
+    colour = dict(zip(PARTS, ("C0", "C1", "C2", "C3"), strict=True))
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for part in PARTS:
         seconds = np.array([p[part]["seconds"] for p in points])
-        left.plot(n, seconds, "o-", label=part)
-        left.plot(n, seconds[0] * n / n[0], ":", color=left.lines[-1].get_color(), lw=0.8)
+        left.plot(n, seconds, "o-", color=colour[part], label=part)
+        left.plot(n, seconds[0] * n / n[0], ":", color=colour[part], lw=0.8)
+        rss = [p[part]["peak_rss_bytes"] / 1e9 for p in points]
+        right.plot(n, rss, "o-", color=colour[part], label=part)
     left.set(xscale="log", yscale="log", xlabel="sentences", ylabel="seconds")
     left.set_title("time (dotted: linear from the first point)")
     left.legend()
-    for part in ("reader", "linear", "sweep"):
-        right.plot(n, [p[part]["peak_rss_bytes"] / 1e9 for p in points], "o-", label=part)
-    right.axhline(2.0, color="grey", ls="--", lw=0.8, label="goal: 2 GB")
+    right.axhline(2.0, color="grey", ls="--", lw=0.8, label="goal for a trial: 2 GB")
     right.set(xscale="log", xlabel="sentences", ylabel="peak RSS (GB)", ylim=(0, None))
     right.set_title("peak RSS of one child process")
     right.legend()
