@@ -219,14 +219,15 @@ def _write_entry(
                 # one contiguous [k, H, n, n] block per run of equal lengths and layer
                 for a, b in length_runs(lens):
                     n = int(lens[a])
-                    for layer in range(n_layers):
+                    if views is not None:  # every layer's maps in one call: [k, L*H, n, n]
+                        every = maps[:, a:b, :, :n, :n].transpose(1, 0, 2, 3, 4)
+                        every = np.ascontiguousarray(every).reshape(b - a, -1, n, n)
+                        views.add_layers(idx[a:b], view_block(every, RELATIVE_W))
+                    for layer in kept:
                         block = np.ascontiguousarray(maps[layer, a:b, :, :n, :n])
-                        if views is not None:
-                            views.add(layer, idx[a:b], view_block(block, RELATIVE_W))
-                        if layer in files:
-                            files[layer].write(block)
-                            crcs[layer] = zlib.crc32(block, crcs[layer])
-                            sizes[layer] += block.nbytes
+                        files[layer].write(block)
+                        crcs[layer] = zlib.crc32(block, crcs[layer])
+                        sizes[layer] += block.nbytes
         finally:
             for fh in files.values():
                 fh.close()
