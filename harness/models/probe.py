@@ -1,7 +1,7 @@
 """The ``linear`` probe: L2-regularised logistic regression on a sentence's pooled
 attention features, the standard probe of probing papers.
 
-Fitted with scikit-learn (lbfgs) on standardised features; its state is four small
+Fitted with scikit-learn on standardised float32 features; its state is four small
 tensors (mean, scale, coef, intercept) in safetensors, so reloading needs neither pickle
 nor scikit-learn. The ``mlp`` probe is trained by gradient descent and lives with the
 other networks in ``harness.models.reader``.
@@ -23,6 +23,20 @@ from harness.models.base import EpochCallback, FitResult, one_pass_result, write
 from harness.models.inputs import AttentionInputs, inputs_from_dict
 from harness.studyfile import ProbeSpec
 
+#: up to this many features a probe is fitted by Newton steps, above it by lbfgs
+NEWTON_MAX_FEATURES = 1024
+
+
+def _logistic_regression(c: float, num_features: int) -> LogisticRegression:
+    """The solver that keeps a probe's time linear in N. Pooled attention features are
+    strongly correlated, so lbfgs needs more steps as N grows (104 on 3.7k sentences, 243
+    on 100k: 3x the time per sentence, BENCHMARKS.md growth curve); Newton steps take ~4 at
+    any N, but each solves a d x d system, which beyond ~1,000 features costs more than
+    all of lbfgs's steps (a ``rows`` view concatenates up to 72 x 80 features)."""
+    if num_features <= NEWTON_MAX_FEATURES:
+        return LogisticRegression(C=c, solver="newton-cholesky", max_iter=100)
+    return LogisticRegression(C=c, solver="lbfgs", max_iter=2000)
+
 
 class LinearProbe:
     """``p(positive) = sigmoid(((x - mean) * scale) @ coef + intercept)``; ``spec.c`` is
@@ -37,8 +51,15 @@ class LinearProbe:
         self.state: dict[str, np.ndarray] | None = None
 
     def _scaled(self, x: np.ndarray, idx: np.ndarray | None) -> np.ndarray:
-        x = x[:, 0] if idx is None else x[idx, 0]
-        return (x - self.state["mean"]) * self.state["scale"]
+        rows = np.array(x[:, 0], np.float32) if idx is None else x[idx, 0]
+        return self._standardise(np.asarray(rows, np.float32))
+
+    def _standardise(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` standardised in place, in float32: at 100k sentences the float64 copies
+        this took before were a third of the probe's time (memory traffic)."""
+        rows -= self.state["mean"]
+        rows *= self.state["scale"]
+        return rows
 
     def fit(
         self,
@@ -49,19 +70,19 @@ class LinearProbe:
         on_epoch: EpochCallback | None = None,
     ) -> FitResult:
         x = inputs[0]
-        train = x[train_idx, 0].astype(np.float64)
-        std = train.std(axis=0)
+        train = np.asarray(x[train_idx, 0], np.float32)
+        std = train.std(axis=0, dtype=np.float64)
         self.state = {
-            "mean": train.mean(axis=0),
+            "mean": train.mean(axis=0, dtype=np.float64),
             "scale": 1.0 / np.where(std > 1e-6, std, 1.0),
         }
-        # BLAS on the trial's thread count (1): lbfgs on a few hundred features makes many
-        # tiny BLAS calls, and a second OpenBLAS thread made 72 probe fits 6x slower here
+        # BLAS on the trial's thread count (1): 72 small probe fits of the head sweep ran
+        # 6x slower with a second OpenBLAS thread here.
         with warnings.catch_warnings(), threadpool_limits(train_threads()):
             # the best C is found on validation; a C that converges slowly is still scored
             warnings.simplefilter("ignore", ConvergenceWarning)
-            fitted = LogisticRegression(C=self.spec.c, max_iter=2000).fit(
-                self._scaled(x, train_idx), labels[train_idx]
+            fitted = _logistic_regression(self.spec.c, train.shape[1]).fit(
+                self._standardise(train), labels[train_idx]
             )
         self.state["coef"], self.state["intercept"] = fitted.coef_[0], fitted.intercept_
         return one_pass_result(self, inputs, labels, train_idx, val_idx, on_epoch)
