@@ -4,7 +4,8 @@
 extracts it into the compact cache (``cache: {keep: views}``), then measures, each in a
 fresh child process so that its peak RSS is its own: one trial of a reader, one trial of
 the linear probe, and the head sweep. It prints a table, writes the figures as JSON and
-draws ``bench/growth.png``.
+draws ``bench/growth.png``. ``--parts linear,sweep`` measures only those parts again, on
+the caches an earlier run left in ``--workdir``, and keeps the other figures of ``--out``.
 
 The corpora are real text: BABE's 3,673 sentences as they are, and beyond that BABE's
 sentences drawn again with seeded word-level edits (each word, with probability 0.15,
@@ -192,21 +193,30 @@ def _child(name: str, *args: str) -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
-def measure(n: int, workdir: Path) -> dict:
+PARTS = ("extraction", "reader", "linear", "sweep")
+
+
+def measure(
+    n: int, workdir: Path, parts: tuple[str, ...] = PARTS, kept: dict | None = None
+) -> dict:
+    """One point of the curve. Parts not in ``parts`` are copied from ``kept`` (an earlier
+    run's point for this N), and their cache is the one that run left in ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
     corpus = str(build_corpus(n, workdir / f"corpus-{n}.csv"))
     cache_dir = str(workdir / "cache")
-    log(f"growth: {n} sentences: extraction (compact cache)")
-    point = {"n": n, "extraction": _child("extract", corpus, cache_dir)}
+    point = {"n": n, **{part: kept[part] for part in PARTS if part not in parts}}
+    date = time.strftime("%Y-%m-%d")
+    if "extraction" in parts:
+        log(f"growth: {n} sentences: extraction (compact cache)")
+        point["extraction"] = {**_child("extract", corpus, cache_dir), "date": date}
     for kind in ("reader", "linear"):
-        log(f"growth: {n} sentences: one {kind} trial")
-        point[kind] = _child("trial", corpus, cache_dir, kind)
-    log(f"growth: {n} sentences: head sweep")
-    point["sweep"] = _child("sweep", corpus, cache_dir)
-    return point
-
-
-PARTS = ("extraction", "reader", "linear", "sweep")
+        if kind in parts:
+            log(f"growth: {n} sentences: one {kind} trial")
+            point[kind] = {**_child("trial", corpus, cache_dir, kind), "date": date}
+    if "sweep" in parts:
+        log(f"growth: {n} sentences: head sweep")
+        point["sweep"] = {**_child("sweep", corpus, cache_dir), "date": date}
+    return {"n": n, **{part: point[part] for part in PARTS}}
 
 
 def linearity(points: list[dict]) -> dict[str, float]:
@@ -271,11 +281,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "growth.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "growth.png")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help="the parts to measure; the others are kept from --out, whose caches in "
+        "--workdir are reused (e.g. --parts linear,sweep after a change to the probes)",
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
+    parts = tuple(args.parts.split(","))
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"--parts: unknown {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    kept: dict[int, dict] = {}
+    if set(parts) != set(PARTS):
+        earlier = json.loads(args.out.read_text())["points"] if args.out.exists() else []
+        kept = {p["n"]: p for p in earlier}
+        if missing := [n for n in sizes if n not in kept]:
+            parser.error(f"--parts: {args.out} has no figures for N = {missing} to keep")
     points = []
     for n in sizes:
-        points.append(measure(n, args.workdir))
+        points.append(measure(n, args.workdir, parts, kept.get(n)))
         args.out.write_text(json.dumps({"points": points}, indent=2))  # kept as it goes
     ratios = linearity(points)
     peak = max(points[-1][k]["peak_rss_bytes"] for k in ("reader", "linear", "sweep"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,21 @@ def test_the_growth_bench_records_each_size_and_draws_its_curve(tmp_path):
     assert summary["compact_within_50KB"] == (summary["compact_bytes_per_sentence"] <= 50e3)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| 300 |" in done.stdout and "| 600 |" in done.stdout
+
+    # again for the linear probe only: the other parts' figures are kept as they were
+    again = subprocess.run(
+        [*command, "--parts", "linear"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    remeasured = json.loads(out.read_text())["points"]
+    for before, after in zip(points, remeasured, strict=True):
+        assert {k: after[k] for k in after if k != "linear"} == {
+            k: before[k] for k in before if k != "linear"
+        }
+        # measured again (a float timing never repeats to the last bit), and dated
+        assert after["linear"]["seconds"] != before["linear"]["seconds"]
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", after["linear"]["date"])
+    wrong = subprocess.run(
+        [*command, "--parts", "linear,probe"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert wrong.returncode == 2 and "--parts: unknown ['probe']" in wrong.stderr
