@@ -51,12 +51,13 @@ class LinearProbe:
         self.state: dict[str, np.ndarray] | None = None
 
     def _scaled(self, x: np.ndarray, idx: np.ndarray | None) -> np.ndarray:
-        rows = np.array(x[:, 0], np.float32) if idx is None else x[idx, 0]
-        return self._standardise(np.asarray(rows, np.float32))
+        # a new float32 array either way: x[:, 0] is a view, x[idx, 0] already a copy
+        rows = x[:, 0].astype(np.float32) if idx is None else np.asarray(x[idx, 0], np.float32)
+        return self._standardise(rows)
 
     def _standardise(self, rows: np.ndarray) -> np.ndarray:
-        """``rows`` standardised in place, in float32: at 100k sentences the float64 copies
-        this took before were a third of the probe's time (memory traffic)."""
+        """``rows`` standardised in place, in float32: at 100k sentences float64 copies of
+        the features would be a third of the probe's time (memory traffic)."""
         rows -= self.state["mean"]
         rows *= self.state["scale"]
         return rows
