@@ -435,14 +435,6 @@ class ViewWriter:
         self.sizes[layer] += values.nbytes
         self.pooled[sentences, layer] = pool(values)
 
-    def add_layers(self, sentences: np.ndarray, values: np.ndarray) -> None:
-        """``values``: ``view_block`` of ``sentences`` with every layer's maps side by side
-        (fp16 ``[k, n, L*H, F]``), the next ones of every layer in storage order."""
-        k, n, _, f = values.shape
-        per_layer = values.reshape(k, n, len(self.files), -1, f)
-        for layer in range(len(self.files)):
-            self.add(layer, sentences, np.ascontiguousarray(per_layer[:, :, layer]))
-
     def close(self) -> None:
         for fh in self.files:
             fh.close()

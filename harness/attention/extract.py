@@ -219,10 +219,10 @@ def _write_entry(
                 # one contiguous [k, H, n, n] block per run of equal lengths and layer
                 for a, b in length_runs(lens):
                     n = int(lens[a])
-                    if views is not None:  # every layer's maps in one call: [k, L*H, n, n]
-                        every = maps[:, a:b, :, :n, :n].transpose(1, 0, 2, 3, 4)
-                        every = np.ascontiguousarray(every).reshape(b - a, -1, n, n)
-                        views.add_layers(idx[a:b], view_block(every, RELATIVE_W))
+                    if views is not None:  # read in place: no copy of the padded maps
+                        for layer in range(n_layers):
+                            block = maps[layer, a:b, :, :n, :n]
+                            views.add(layer, idx[a:b], view_block(block, RELATIVE_W))
                     for layer in kept:
                         block = np.ascontiguousarray(maps[layer, a:b, :, :n, :n])
                         files[layer].write(block)
