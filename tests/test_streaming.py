@@ -212,6 +212,44 @@ def test_a_damaged_compact_view_is_rebuilt_with_its_entry(data, rows, compact, t
     np.testing.assert_array_equal(again.view().pooled, compact.view().pooled)
 
 
+def test_a_compact_cache_without_the_relative_view_keeps_stats_alone(data, rows, compact, tmp_path):
+    """``view_w=1`` (a study that searches no relative view): the stored view is ``stats``,
+    equal to the full entry's, 7/11 of the relative view's bytes; ``relative`` refuses."""
+    from harness.attention.cache import RELATIVE_W, view_bytes
+    from harness.attention.extract import cache_key
+    from harness.core import HarnessError
+
+    full, encoder = data[0], data[1]
+    texts = [r["text"] for r in rows]
+    stats = extract_attention(
+        encoder, texts, max_len=MAX_LEN, cache_dir=tmp_path, progress=False, keep_maps=[1],
+        view_w=1,
+    )  # fmt: skip
+    assert stats.views == ("stats",) and compact.views == full.views == ("stats", "relative")
+    assert stats.key == cache_key(encoder, texts, MAX_LEN, [1], 1) != compact.key
+    assert [p.name for p in (stats.path / "views").iterdir()] == ["relative-w1"]
+    for spec in (FeatureSpec((0, 1), None, "mean", "stats"),
+                 FeatureSpec.of_maps([(1, 2), (0, 3)], "stack", "stats")):  # fmt: skip
+        np.testing.assert_array_equal(
+            np.asarray(stats.features(spec)[0]), np.asarray(full.features(spec)[0])
+        )
+    np.testing.assert_array_equal(stats.view().pooled, full.view().pooled[..., :7])
+    with pytest.raises(HarnessError, match="keeps the stats view only"):
+        stats.features(RELATIVE_STACK)
+    tokens, layers, heads = int(stats.lengths.sum()), stats.num_layers, stats.num_heads
+    assert stats.meta["view_bytes"] == view_bytes(len(stats), tokens, layers, heads, 1)
+    assert stats.meta["view_bytes"] * 11 == compact.meta["view_bytes"] * 7
+    assert view_bytes(len(stats), tokens, layers, heads, RELATIVE_W) == compact.meta["view_bytes"]
+
+
+def test_the_compact_view_is_relative_only_where_the_study_reads_it():
+    from harness.attention import compact_view_w
+
+    assert compact_view_w({"stats": "sum", "rows": "sum"}, sweeps_heads=False) == 1
+    assert compact_view_w({"relative": "stack"}, sweeps_heads=False) == 3
+    assert compact_view_w({"stats": "sum"}, sweeps_heads=True) == 3  # the sweep reads relative
+
+
 COMPACT_SEARCH = """\
 search:
   layers: [[1]]
@@ -221,11 +259,17 @@ search:
     linear: {c: 0.5}
     gru: {hidden_size: 8}
 """
+#: no relative view and no {top: k} heads: the compact cache stores stats alone
+STATS_SEARCH = COMPACT_SEARCH.replace("{top: 3}, ", "").replace(", relative: {reducer: stack}", "")
 
 
-def test_a_study_on_the_compact_cache_finds_what_it_finds_on_full_maps(tiny_bert, tmp_path):
+@pytest.mark.parametrize(("search", "view_w"), [(COMPACT_SEARCH, 3), (STATS_SEARCH, 1)])
+def test_a_study_on_the_compact_cache_finds_what_it_finds_on_full_maps(
+    tiny_bert, tmp_path, search, view_w
+):
     """``cache: {keep: views}`` keeps the maps of the layers the space's rows view can read
-    (here layer 1 only) and gives every trial the value it gets on full maps."""
+    (here layer 1 only), the relative view only if the study reads it, and gives every
+    trial the value it gets on full maps."""
     import optuna
 
     from harness.attention import AttentionCache
@@ -244,17 +288,27 @@ def test_a_study_on_the_compact_cache_finds_what_it_finds_on_full_maps(tiny_bert
             n_trials=6,
             extra=f"cache: {{keep: {keep}}}\npruner: {{name: none}}\n"
             "sampler: {name: random, seed: 2}\nbaselines: []\n",
-            search=COMPACT_SEARCH,
+            search=search,
         )
         run_study(path, progress=False)
         study = optuna.load_study(study_name="t", storage=f"sqlite:///{folder}/optuna.db")
         values[keep] = [(t.params, t.value) for t in study.trials]
         entries = [p for p in (folder / "cache").iterdir() if (p / "meta.json").exists()]
         caches = [AttentionCache(p) for p in entries]
-        assert [(c.compact, c.map_layers) for c in caches] == [
-            (keep == "views", (1,) if keep == "views" else (0, 1))
+        assert [(c.compact, c.map_layers, c.meta.get("view_w")) for c in caches] == [
+            (
+                keep == "views",
+                (1,) if keep == "views" else (0, 1),
+                view_w if keep == "views" else None,
+            )
         ]
     assert {str(p["view"]) for p, _ in values["maps"]} >= {"rows", "stats"}
+    if view_w == 1:  # the head sweep needs the relative view: refused before any run opens
+        from harness.core import HarnessError
+        from harness.study.study import run_head_sweep
+
+        with pytest.raises(HarnessError, match="the head sweep reads the relative view"):
+            run_head_sweep(path, progress=False)
     for (params, value), (params_c, value_c) in zip(values["maps"], values["views"], strict=True):
         assert params == params_c and value == pytest.approx(value_c, abs=1e-6)
 

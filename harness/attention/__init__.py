@@ -11,7 +11,7 @@ from harness.core import attach
 __getattr__, __dir__, __all__ = attach(
     __name__,
     {
-        "cache": ["AttentionCache"],
+        "cache": ["AttentionCache", "compact_view_w"],
         "embeddings": ["cached_embeddings", "mean_pooled"],
         "extract": ["cache_key", "extract_attention", "iter_attention"],
         "features": ["reduce_maps"],

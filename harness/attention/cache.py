@@ -11,6 +11,10 @@ Layout of one cache entry (a directory named by its key, written by ``harness.at
     views/relative-w3/layer_00.bin  fp16 [tokens, H, F], storage order
     views/relative-w3/pooled.bin    float32 [N, L, H, F], original order
 
+A compact entry (``cache: {keep: views}``) holds only the maps of ``map_layers`` and the
+view it was extracted with: ``relative-w1`` (which is ``stats``) when its study searches
+no ``relative`` view.
+
 Sentences lie sorted by token length, so equal lengths are next to each other on disk and
 a whole run of them is reduced in one call. No padding is stored.
 
@@ -31,7 +35,7 @@ import os
 import shutil
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +70,18 @@ READ_CHUNK_BYTES = 32 << 20
 RELATIVE_W = 3
 
 
+def compact_view_w(views: Iterable[str], sweeps_heads: bool) -> int:
+    """The window of the view a compact entry stores for a study searching ``views``:
+    ``RELATIVE_W`` when ``relative`` is among them or the study ranks maps by the head
+    sweep (which reads ``relative``), else 1, which is ``stats`` alone (7 of 11 features:
+    44 instead of 70 KB per MiniLM sentence of BABE)."""
+    return RELATIVE_W if "relative" in views or sweeps_heads else 1
+
+
 class AttentionCache:
     """A finished cache entry: all layers × all heads of every sentence, fp16, unpadded;
     or, in its compact form (``cache: {keep: views}``), the ``relative`` view of every map
+    (``stats`` alone when its study searches no ``relative`` view: ``compact_view_w``)
     plus the full maps of the layers in ``map_layers`` only.
 
     ``features`` reads only the layers and sentences it is asked for, so the entry never
@@ -101,6 +114,11 @@ class AttentionCache:
     def compact(self) -> bool:
         """Whether the entry keeps views rather than every map (its view is part of it)."""
         return self.meta.get("keep", "maps") == "views"
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The position-free views this entry serves (a compact entry: those it stores)."""
+        return ("stats",) if self.compact and self.meta["view_w"] == 1 else ("stats", "relative")
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -205,7 +223,8 @@ class AttentionCache:
         """The position-free views of this entry (``ViewCache``),
         computed once and stored beside it; opened once per process."""
         if self._view is None:
-            self._view = open_view(self, progress=progress)
+            w = self.meta["view_w"] if self.compact else RELATIVE_W
+            self._view = open_view(self, w, progress=progress)
         return self._view
 
     def _read_rows(
@@ -294,6 +313,16 @@ class ViewCache:
         """Layer ``layer``'s token rows, ``[tokens, H, F]`` fp16 in storage order."""
         return self.path / f"layer_{layer:02d}.bin"
 
+    def _request(self, maps: Sequence[Map], view: str) -> tuple[list[Map], int]:
+        """``check_request``; a stored ``stats`` view (w = 1) refuses ``relative``."""
+        if view == "relative" and self.w == 1:
+            raise HarnessError(
+                "this compact cache entry keeps the stats view only, since its study searched "
+                "no relative view; add relative to search.view (a new entry is extracted) or "
+                "use cache: {keep: maps}"
+            )
+        return check_request(maps, view, self.num_layers, self.num_heads, self.w)
+
     def token_features(
         self, maps: Sequence[Map], view: str = "relative", reducer: str = "stack"
     ) -> tuple[StreamedFeatures, np.ndarray]:
@@ -301,7 +330,7 @@ class ViewCache:
         zero past each sentence's length, the array streamed (built when indexed).
         ``stack`` keeps each map as its own ``F`` channels in the order given; sum/mean/max
         combine the maps elementwise."""
-        pairs, size = check_request(maps, view, self.num_layers, self.num_heads, self.w)
+        pairs, size = self._request(maps, view)
         width = feature_width(pairs, size, reducer)
 
         def read(sentences: np.ndarray, tokens: int) -> np.ndarray:
@@ -339,7 +368,7 @@ class ViewCache:
     def sentence_features(self, maps: Sequence[Map], view: str = "relative") -> np.ndarray:
         """Each sentence's mean over its tokens, maps side by side: ``[N, len(maps) * F]``
         float32, for linear/MLP probes and the head sweep."""
-        pairs, size = check_request(maps, view, self.num_layers, self.num_heads, self.w)
+        pairs, size = self._request(maps, view)
         per_layer = {layer: self.pooled[:, layer] for layer, _ in pairs}
         return combine(per_layer, pairs, size, "stack")
 

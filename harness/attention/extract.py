@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from harness.attention.cache import RELATIVE_W, AttentionCache, CacheCorrupt, ViewWriter
 from harness.attention.embeddings import EMBEDDINGS_FILE, mean_pool, write_embeddings
-from harness.attention.views import length_runs, view_block
+from harness.attention.views import length_runs, relative_offsets, view_block
 from harness.core import (
     HarnessError,
     check_writable_dir,
@@ -47,13 +47,17 @@ CACHE_FORMAT = 1
 
 
 def cache_key(
-    encoder: Encoder, texts: list[str], max_len: int, keep_maps: Sequence[int] | None = None
+    encoder: Encoder,
+    texts: list[str],
+    max_len: int,
+    keep_maps: Sequence[int] | None = None,
+    view_w: int = RELATIVE_W,
 ) -> str:
     """Everything that changes the maps: encoder weights and tokenizer, max_len, the texts;
-    and, for a compact entry, which maps it keeps."""
+    and, for a compact entry, which maps it keeps and the window of its stored view."""
     parts = [f"v{CACHE_FORMAT}", encoder.fingerprint, str(max_len), texts_sha256(texts)]
     if keep_maps is not None:
-        parts.append(f"views-w{RELATIVE_W}+maps:{','.join(map(str, sorted(keep_maps)))}")
+        parts.append(f"views-w{view_w}+maps:{','.join(map(str, sorted(keep_maps)))}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
@@ -127,12 +131,14 @@ def extract_attention(
     cache_dir: Path | str | None = None,
     progress: bool = True,
     keep_maps: Sequence[int] | None = None,
+    view_w: int = RELATIVE_W,
 ) -> AttentionCache:
     """Return the cache entry for these texts, extracting it only if no valid one exists.
 
     ``keep_maps`` given: the compact form (``cache: {keep: views}``), which stores the
-    ``relative`` view of every map, computed from each batch as it is extracted, and the
-    full maps of those layers only (``()``: none).
+    ``relative`` view (window ``view_w``) of every map, computed from each batch as it is
+    extracted, and the full maps of those layers only (``()``: none). ``view_w=1`` stores
+    ``stats`` alone (``compact_view_w``: for a study that searches no ``relative`` view).
 
     Safe to call from several processes at once: one extracts, the others wait (saying who
     they wait for) and reuse. A corrupt entry is reported, removed and rebuilt, never read
@@ -151,7 +157,8 @@ def extract_attention(
         bad = [x for x in keep_maps if not 0 <= x < encoder.num_layers]
         if bad:
             raise HarnessError(f"keep_maps: layers {bad} out of range for {encoder.num_layers}")
-    key = cache_key(encoder, texts, max_len, keep_maps)
+        relative_offsets(view_w)  # validates the window before anything is created
+    key = cache_key(encoder, texts, max_len, keep_maps, view_w)
     final = root / key
     with waiting_lock(root / f"{key}.lock", "the attention cache entry", setting):
         if (final / "meta.json").exists():
@@ -170,7 +177,7 @@ def extract_attention(
         elif final.exists():
             log.warning("attention cache %s is incomplete; rebuilding it", final)
             shutil.rmtree(final)
-        _write_entry(encoder, texts, max_len, batch_size, final, progress, keep_maps)
+        _write_entry(encoder, texts, max_len, batch_size, final, progress, keep_maps, view_w)
         # The crc32s were computed over the very bytes just written: reading the whole
         # entry back to check them again would only re-read the page cache.
         _VERIFIED.add(_stamp(final))
@@ -185,13 +192,17 @@ def _write_entry(
     final: Path,
     progress: bool,
     keep_maps: tuple[int, ...] | None,
+    view_w: int,
 ) -> None:
     # only the lock holder writes, so any other half-written entry is a killed writer's
     for stale in final.parent.glob(f"{final.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     tmp.mkdir()
-    form = "" if keep_maps is None else f" (compact: views, maps of layers {list(keep_maps)})"
+    form = ""
+    if keep_maps is not None:
+        view = "stats" if view_w == 1 else f"relative w={view_w}"
+        form = f" (compact: the {view} view, the maps of layers {list(keep_maps)})"
     log.info(
         "extracting attention of %d sentences with %s into %s%s",
         len(texts),
@@ -208,8 +219,8 @@ def _write_entry(
         pooled = np.zeros((len(texts), encoder.config.hidden_size), np.float32)
         views = None
         if keep_maps is not None:
-            folder = tmp / "views" / f"relative-w{RELATIVE_W}"
-            views = ViewWriter(folder, len(texts), n_layers, n_heads, RELATIVE_W)
+            folder = tmp / "views" / f"relative-w{view_w}"
+            views = ViewWriter(folder, len(texts), n_layers, n_heads, view_w)
         order: list[int] = []
         try:
             batches = iter_attention(encoder, texts, max_len, batch_size, progress, pooled)
@@ -222,7 +233,7 @@ def _write_entry(
                     if views is not None:  # read in place: no copy of the padded maps
                         for layer in range(n_layers):
                             block = maps[layer, a:b, :, :n, :n]
-                            views.add(layer, idx[a:b], view_block(block, RELATIVE_W))
+                            views.add(layer, idx[a:b], view_block(block, view_w))
                     for layer in kept:
                         block = np.ascontiguousarray(maps[layer, a:b, :, :n, :n])
                         files[layer].write(block)
@@ -254,7 +265,7 @@ def _write_entry(
             meta.update(
                 keep="views",
                 map_layers=list(kept),
-                view_w=RELATIVE_W,
+                view_w=view_w,
                 view_bytes=sum(f["bytes"] for f in view_files.values()),
             )
         write_embeddings(tmp / EMBEDDINGS_FILE, encoder, max_len, pooled)

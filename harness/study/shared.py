@@ -82,6 +82,7 @@ def shared_attention(
     cache_dir: str | None,
     progress: bool,
     keep_maps: Sequence[int] | None,
+    view_w: int,
     tracking_uri: str,
     storage_url: str,
 ) -> AttentionCache:
@@ -97,6 +98,7 @@ def shared_attention(
             cache_dir=cache_dir,
             progress=progress,
             keep_maps=keep_maps,
+            view_w=view_w,
         )
 
     def params(cache: AttentionCache) -> dict[str, object]:
@@ -107,10 +109,11 @@ def shared_attention(
             "sentences": len(cache),
             "form": "views" if cache.compact else "maps",
             "map_layers": ",".join(map(str, cache.map_layers)),
+            "views": ",".join(cache.views),
             "texts_sha256": cache.meta["texts_sha256"],
         }
 
-    key = cache_key(encoder, texts, max_len, keep_maps)
+    key = cache_key(encoder, texts, max_len, keep_maps, view_w)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     folder = SharedFolder(
         "attention", key, root / key, "meta.json", f"attention cache entry {key}", "extracted"

@@ -21,6 +21,7 @@ from pathlib import Path
 import optuna
 import torch
 
+from harness.attention import compact_view_w
 from harness.core import HarnessError, default_cache_dir, default_device, train_threads
 from harness.encoders import check_encoder, load_encoder
 from harness.report import n_covered, n_finished, n_pruned, trial_rows
@@ -45,7 +46,7 @@ from harness.study.intermediary import ensure_baseline, ensure_encoder_run, fine
 from harness.study.search import make_pruner, make_sampler
 from harness.study.settle import StaleHandler, settle_runs
 from harness.study.shared import shared_attention
-from harness.study.sweep import ensure_sweep, ranking
+from harness.study.sweep import check_sweepable, ensure_sweep, ranking
 from harness.study.trial import Objective, StudyContext, TrialFailed
 from harness.study.workers import (
     CREATOR_ATTR,
@@ -135,6 +136,7 @@ def prepare(
         cache_dir=config.cache_dir,
         progress=progress,
         keep_maps=config.search.rows_layers() if config.cache.keep == "views" else None,
+        view_w=compact_view_w(config.search.view, needs_ranking(config)),
         tracking_uri=tracking,
         storage_url=storage_url,
     )
@@ -360,6 +362,7 @@ def run_head_sweep(
     """``harness heads``: the study's head sweep under its parent run (computed once);
     returns the scores and the parent run id."""
     p = prepare(study_file, storage=storage, tracking_uri=tracking_uri, progress=progress)
+    check_sweepable(p.cache)
     with open_stores(p) as session:
         scores = ensure_sweep(session.ctx, progress)
     return scores, session.ctx.parent_run_id

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.attention import AttentionCache
+from harness.core import HarnessError
 from harness.data import Dataset, Split
 from harness.models import AttentionInputs, LinearProbe
 from harness.stats import bootstrap_ci, bootstrap_indices, compute_metrics
@@ -181,6 +182,17 @@ def log_sweep(
         tracker.log_dir(run_id, Path(tmp))
     tracker.finish(run_id)
     return run_id
+
+
+def check_sweepable(cache: AttentionCache) -> None:
+    """Refuse, before any run is opened, a sweep of a compact entry that has no
+    ``relative`` view: a study stores ``stats`` alone only when it needs no sweep."""
+    if SWEEP_VIEW not in cache.views:
+        raise HarnessError(
+            f"the head sweep reads the {SWEEP_VIEW} view, which this study's compact cache does "
+            f"not keep (its search has no {SWEEP_VIEW} view and no {{top: k}} heads); add "
+            f"{SWEEP_VIEW} to search.view or use cache: {{keep: maps}}"
+        )
 
 
 def ensure_sweep(ctx, progress: bool = True) -> list[HeadScore]:
