@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench import growth
 from harness.data.datasets import load_dataset
 
@@ -58,7 +60,9 @@ def test_the_growth_bench_records_each_size_and_draws_its_curve(tmp_path):
         extraction = p["extraction"]
         assert extraction["sentences"] == p["n"] and extraction["tokens"] > 10 * p["n"]
         per = extraction["bytes_per_sentence"]
-        assert per["compact"] < per["maps"] < per["maps + view"]
+        assert per["compact, stats only"] < per["compact"] < per["maps"] < per["maps + view"]
+        # the stats view is 7 of the relative view's 11 features (no maps kept)
+        assert per["compact, stats only"] * 11 == pytest.approx(per["compact"] * 7)
         for part in growth.PARTS:
             assert p[part]["seconds"] > 0 and p[part]["peak_rss_bytes"] > 50e6
         for part in ("reader", "linear"):
