@@ -118,7 +118,8 @@ class AttentionCache:
     @property
     def views(self) -> tuple[str, ...]:
         """The position-free views this entry serves (a compact entry: those it stores)."""
-        return ("stats",) if self.compact and self.meta["view_w"] == 1 else ("stats", "relative")
+        stats_only = self.compact and self.meta["view_w"] != RELATIVE_W
+        return ("stats",) if stats_only else ("stats", "relative")
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -314,8 +315,9 @@ class ViewCache:
         return self.path / f"layer_{layer:02d}.bin"
 
     def _request(self, maps: Sequence[Map], view: str) -> tuple[list[Map], int]:
-        """``check_request``; a stored ``stats`` view (w = 1) refuses ``relative``."""
-        if view == "relative" and self.w == 1:
+        """``check_request``; a compact entry that stores ``stats`` alone refuses
+        ``relative``."""
+        if view == "relative" and view not in self.cache.views:
             raise HarnessError(
                 "this compact cache entry keeps the stats view only, since its study searched "
                 "no relative view; add relative to search.view (a new entry is extracted) or "
