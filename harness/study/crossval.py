@@ -52,8 +52,8 @@ from harness.stats import (
 from harness.study.baselines import make_baseline
 from harness.study.repeat import existing_study, study_file_of, top_trials
 from harness.study.search import make_pruner, make_sampler, suggest
-from harness.study.study import StudySession, needs_ranking, open_stores, prepare
-from harness.study.sweep import SweepSettings, ranking, sweep_heads
+from harness.study.study import StudySession, open_stores, prepare
+from harness.study.sweep import SweepSettings, needs_ranking, ranking, sweep_heads
 from harness.study.trial import StudyContext, annotate, fit_and_log, model_for
 from harness.studyfile import Map
 from harness.tracking import RunReader, Tracker

@@ -46,7 +46,7 @@ from harness.study.intermediary import ensure_baseline, ensure_encoder_run, fine
 from harness.study.search import make_pruner, make_sampler
 from harness.study.settle import StaleHandler, settle_runs
 from harness.study.shared import shared_attention
-from harness.study.sweep import check_sweepable, ensure_sweep, ranking
+from harness.study.sweep import check_sweepable, ensure_sweep, needs_ranking, ranking
 from harness.study.trial import Objective, StudyContext, TrialFailed
 from harness.study.workers import (
     CREATOR_ATTR,
@@ -55,7 +55,7 @@ from harness.study.workers import (
     parent_run,
     start_workers,
 )
-from harness.studyfile import StudyConfig, Top
+from harness.studyfile import StudyConfig
 from harness.tracking import (
     Tracker,
     WorkerLease,
@@ -103,11 +103,15 @@ def prepare(
     tracking_uri: str | None = None,
     workers: int = 1,
     progress: bool = True,
+    sweep: bool = False,
 ) -> Prepared:
     """Validate everything the user gave before any study, run or cache entry exists,
-    then do the expensive shared work once: the attention of every sentence."""
+    then do the expensive shared work once: the attention of every sentence. ``sweep``:
+    for ``harness heads``, which a compact cache of ``stats`` alone cannot serve."""
     check_arguments(n_trials, timeout, workers)
     config, text, where = read_study(study_file, workers)
+    if sweep:
+        check_sweepable(config)
     storage_url, tracking = resolve_stores(config, storage, tracking_uri, workers)
     target = n_trials or config.n_trials
     torch.set_num_threads(train_threads())
@@ -205,11 +209,6 @@ def open_stores(p: Prepared) -> Iterator[StudySession]:
         tracker.finish_parent(parent_id)
     finally:
         lease.release(keep=session is not None and session.ctx.outage is not None)
-
-
-def needs_ranking(config: StudyConfig) -> bool:
-    """Whether the search draws ``{top: k}`` maps, which rank by the head sweep."""
-    return any(isinstance(h, Top) for h in config.search.heads)
 
 
 def _open_study(config: StudyConfig, storage) -> tuple[optuna.Study, bool]:
@@ -361,8 +360,9 @@ def run_head_sweep(
 ) -> tuple[list, str]:
     """``harness heads``: the study's head sweep under its parent run (computed once);
     returns the scores and the parent run id."""
-    p = prepare(study_file, storage=storage, tracking_uri=tracking_uri, progress=progress)
-    check_sweepable(p.cache)
+    p = prepare(
+        study_file, storage=storage, tracking_uri=tracking_uri, progress=progress, sweep=True
+    )
     with open_stores(p) as session:
         scores = ensure_sweep(session.ctx, progress)
     return scores, session.ctx.parent_run_id

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.attention import AttentionCache
+from harness.attention import AttentionCache, compact_view_w
 from harness.core import HarnessError
 from harness.data import Dataset, Split
 from harness.models import AttentionInputs, LinearProbe
 from harness.stats import bootstrap_ci, bootstrap_indices, compute_metrics
-from harness.studyfile import FeatureSpec, Map, ProbeSpec, map_name
+from harness.studyfile import FeatureSpec, Map, ProbeSpec, StudyConfig, Top, map_name
 
 log = logging.getLogger("harness")
 
@@ -184,10 +184,18 @@ def log_sweep(
     return run_id
 
 
-def check_sweepable(cache: AttentionCache) -> None:
-    """Refuse, before any run is opened, a sweep of a compact entry that has no
-    ``relative`` view: a study stores ``stats`` alone only when it needs no sweep."""
-    if SWEEP_VIEW not in cache.views:
+def needs_ranking(config: StudyConfig) -> bool:
+    """Whether the search draws ``{top: k}`` maps, which rank by the head sweep."""
+    return any(isinstance(h, Top) for h in config.search.heads)
+
+
+def check_sweepable(config: StudyConfig) -> None:
+    """Refuse, before anything is extracted or opened, a sweep of a study whose compact
+    cache stores ``stats`` alone (``compact_view_w`` 1: no relative view, no ranking)."""
+    if (
+        config.cache.keep == "views"
+        and compact_view_w(config.search.view, needs_ranking(config)) == 1
+    ):
         raise HarnessError(
             f"the head sweep reads the {SWEEP_VIEW} view, which this study's compact cache does "
             f"not keep (its search has no {SWEEP_VIEW} view and no {{top: k}} heads); add "
