@@ -4,11 +4,15 @@ cache on disk."""
 from __future__ import annotations
 
 import itertools
+import lzma
+import time
+import zlib
 
 import numpy as np
 import torch
 
 from bench.common import MAX_LEN, Context, Row, interleaved, log, ratio, rng_subset
+from harness.attention.cache import ViewCache
 from harness.attention.extract import extract_attention
 from harness.core.runtime import extraction_threads, num_threads
 from harness.encoders.load import Encoder, length_sorted_batches, tokenize
@@ -109,6 +113,27 @@ def row_extraction(ctx: Context) -> list[Row]:
     ]
 
 
+def lossless_sizes(view: ViewCache) -> tuple[int, dict[str, tuple[int, float]]]:
+    """Bytes of the stored view's token rows, and (bytes, seconds) of each lossless
+    general-purpose coder over them, in the layout they compress best: map-major (one
+    feature of one map over all tokens in a row) with the high and low bytes of each fp16
+    value apart. Issue #19 asks for ≤ 50 KB a sentence with the features kept to fp16
+    precision, which leaves lossless coding as the only way below the stored size."""
+    coders = {"zlib-9": lambda b: zlib.compress(b, 9), "lzma-6": lzma.compress}
+    stored, coded = 0, dict.fromkeys(coders, (0, 0.0))
+    for layer in range(view.num_layers):
+        rows = np.fromfile(view._layer_file(layer), np.uint16)
+        rows = rows.reshape(-1, view.num_heads, view.num_features)
+        planes = rows.transpose(1, 2, 0).copy().view(np.uint8).reshape(*rows.shape[1:], -1, 2)
+        shuffled = np.ascontiguousarray(planes.transpose(3, 0, 1, 2)).tobytes()
+        stored += rows.nbytes
+        for name, code in coders.items():
+            start = time.perf_counter()
+            size = len(code(shuffled))
+            coded[name] = (coded[name][0] + size, coded[name][1] + time.perf_counter() - start)
+    return stored, coded
+
+
 def row_cache_size(ctx: Context) -> list[Row]:
     cache = ctx.cache
     per_map = cache.num_layers * cache.num_heads * 2  # bytes per token pair, fp16
@@ -118,7 +143,8 @@ def row_cache_size(ctx: Context) -> list[Row]:
     padded_to_max = per_map * len(cache) * cache.max_len**2
     size = ratio(cache.nbytes, unpadded)
     # a compact entry stores exactly this view (and, if asked, some layers' maps)
-    view = cache.view(progress=False).nbytes
+    view_cache = cache.view(progress=False)
+    view = view_cache.nbytes
     per_sentence = {
         "maps": cache.nbytes / len(cache),
         "maps + view": (cache.nbytes + view) / len(cache),
@@ -126,6 +152,17 @@ def row_cache_size(ctx: Context) -> list[Row]:
         "compact + maps of 3 layers": (view + cache.nbytes / 2) / len(cache),
     }
     forms = ", ".join(f"{name} {b / 1e3:.0f} KB" for name, b in per_sentence.items())
+    log("row 2: the view under lossless coders (zlib, then lzma: about two minutes)")
+    stored, coded = lossless_sizes(view_cache)
+    pooled = view - stored  # the pooled means stay as stored
+    lossless = {
+        name: {"bytes_per_sentence": (pooled + size) / len(cache), "mb_per_s": stored / 1e6 / t}
+        for name, (size, t) in coded.items()
+    }
+    coders = ", ".join(
+        f"{name} {c['bytes_per_sentence'] / 1e3:.1f} KB ({c['mb_per_s']:.0f} MB/s)"
+        for name, c in lossless.items()
+    )
     return [
         Row(
             "2",
@@ -147,5 +184,13 @@ def row_cache_size(ctx: Context) -> list[Row]:
             "compact ≤ 50 KB",
             per_sentence["compact (views)"] <= 50e3,
             {"bytes_per_sentence": per_sentence},
+        ),
+        Row(
+            "2",
+            "compact (views) under lossless coders (byte-shuffled, map-major)",
+            coders,
+            "≤ 50 KB",
+            min(c["bytes_per_sentence"] for c in lossless.values()) <= 50e3,
+            {"lossless": lossless, "pooled_bytes_per_sentence": pooled},
         ),
     ]
