@@ -324,3 +324,147 @@ def test_the_compact_cache_keeps_only_the_maps_a_rows_view_can_read():
     assert parse_study(pairs).search.rows_layers() == (0, 3)
     with pytest.raises(Exception, match="cache.keep"):
         parse_study(base.replace("keep: views", "keep: everything") + "  layers: [0]\n")
+
+
+# --- the 8-bit compact cache (cache: {keep: views, bits: 8}) -----------------------------
+
+
+@pytest.fixture(scope="module")
+def compact8(data, rows, tmp_path_factory):
+    """The compact form again, its view coded in one byte per value."""
+    encoder, texts = data[1], [r["text"] for r in rows]
+    folder = tmp_path_factory.mktemp("compact8")
+    return extract_attention(
+        encoder, texts, max_len=MAX_LEN, cache_dir=folder, progress=False, keep_maps=[1],
+        view_bits=8,
+    )  # fmt: skip
+
+
+def test_an_8bit_compact_cache_codes_the_views_of_full_maps_in_one_byte(data, compact, compact8):
+    """Each sentence's stored codes are ``view_block(..., bits=8)`` of its full maps, in
+    half the bytes of the fp16 view; read back, each value is within half a code step
+    (plus fp16's own rounding) of the fp16 view's, and the stored means are the means of
+    the values read back."""
+    from math import log
+
+    from harness.attention.cache import view_bytes
+    from harness.attention.views import STATS, decode_view, view_block
+
+    full = data[0]
+    assert (compact8.view_bits, compact.view_bits, full.view_bits) == (8, 16, 16)
+    assert compact8.key != compact.key and compact8.map_layers == (1,)
+    tokens, layers, heads = int(compact8.lengths.sum()), compact8.num_layers, compact8.num_heads
+    assert compact8.meta["view_bytes"] == view_bytes(len(full), tokens, layers, heads, 3, bits=8)
+    rows8, rows16 = (c.path / "views" / "relative-w3" / "layer_00.bin" for c in (compact8, compact))
+    assert rows8.stat().st_size * 2 == rows16.stat().st_size == tokens * heads * 11 * 2
+    maps = RELATIVE_STACK.maps(heads)
+    x8 = np.asarray(compact8.features(RELATIVE_STACK)[0])
+    for i in range(len(full)):
+        m = full.maps(i)
+        n = m.shape[-1]
+        want = [decode_view(view_block(m[lay][None], 3, 8, MAX_LEN), MAX_LEN)[0, :, h]
+                for lay, h in maps]  # fmt: skip
+        np.testing.assert_array_equal(x8[i, :n], np.concatenate(want, axis=1))
+    x16 = np.asarray(compact.features(RELATIVE_STACK)[0])
+    entropy = np.arange(x8.shape[2]) % 11 == STATS.index("entropy")
+    off = np.abs(np.sqrt(x8[..., ~entropy]) - np.sqrt(x16[..., ~entropy]))
+    assert 0 < off.max() <= 0.5 / 255 + 3e-4
+    assert np.abs(x8[..., entropy] - x16[..., entropy]).max() <= log(MAX_LEN) / 510 + 2e-3
+    lengths = compact8.lengths[:, None].astype(np.float32)
+    means = x8.sum(axis=1) / lengths
+    np.testing.assert_allclose(compact8.view().sentence_features(maps), means, rtol=1e-5, atol=1e-6)
+
+
+def test_new_sentences_are_coded_as_the_8bit_cache_codes_them(data, rows, compact8):
+    """A reloaded model's inputs (``AttentionInputs`` of ``view_bits`` 8, from the texts)
+    are the 8-bit cache's, token rows bit for bit, pooled means to float32 summation."""
+    from harness.models.inputs import inputs_from_dict
+
+    encoder, texts = data[1], [r["text"] for r in rows]
+    stats_mean = FeatureSpec((0, 1), None, "mean", "stats")
+    for spec, pooled in [(RELATIVE_STACK, False), (stats_mean, False), (RELATIVE_STACK, True)]:
+        inputs = AttentionInputs(
+            spec, encoder.name, encoder.fingerprint, MAX_LEN, compact8.num_heads, pooled=pooled,
+            view_bits=8,
+        )  # fmt: skip
+        reloaded = inputs_from_dict(inputs.to_dict())
+        assert reloaded.view_bits == 8
+        cached, lengths = inputs.build(texts, compact8)
+        new, new_lengths = reloaded.build(texts)
+        np.testing.assert_array_equal(new_lengths, lengths)
+        if pooled:
+            np.testing.assert_allclose(new, cached, rtol=1e-5, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(new, np.asarray(cached))
+
+
+def test_bits_8_is_a_setting_of_the_compact_cache_only(data):
+    from harness.core import HarnessError
+    from harness.studyfile.schema import parse_study
+
+    base = "name: s\nsearch:\n  layers: [[0]]\n  classifier: {gru: {}}\n"
+    assert parse_study("cache: {keep: views, bits: 8}\n" + base).cache.bits == 8
+    assert parse_study(base).cache.bits == 16
+    with pytest.raises(Exception, match="bits: 8 codes the compact cache's view"):
+        parse_study("cache: {bits: 8}\n" + base)
+    with pytest.raises(Exception, match="cache.bits"):
+        parse_study("cache: {keep: views, bits: 4}\n" + base)
+    with pytest.raises(HarnessError, match="is not a stored view's precision"):
+        extract_attention(data[1], ["a sentence"], max_len=MAX_LEN, view_bits=8)
+
+
+SEARCH_8BIT = """\
+search:
+  layers: [[0, 1]]
+  heads: [all, [L1H0, L0H3]]
+  view: {stats: {reducer: [mean, max]}, relative: {reducer: stack}}
+  classifier:
+    linear: {c: 0.5}
+    gru: {hidden_size: 8}
+"""
+
+
+def test_a_study_on_an_8bit_compact_cache_reloads_to_its_logged_probabilities(tiny_bert, tmp_path):
+    """``cache: {keep: views, bits: 8}`` end to end: one 8-bit compact entry, and each
+    logged trial, reloaded with ``load_run`` on its test sentences, gives the
+    probabilities it logged (the new sentences' features are coded as the cache's)."""
+    from mlflow import MlflowClient
+
+    from harness import load_run
+    from harness.attention import AttentionCache
+    from harness.study.study import run_study
+    from tests.conftest import study_yaml
+
+    data = write_synthetic_csv(tmp_path / "data.csv", n=120)
+    path = study_yaml(
+        tmp_path,
+        dataset=str(data),
+        encoder=str(tiny_bert),
+        n_trials=4,
+        extra="cache: {keep: views, bits: 8}\npruner: {name: none}\n"
+        "sampler: {name: random, seed: 3}\nbaselines: []\n",
+        search=SEARCH_8BIT,
+    )
+    run_study(path, progress=False)
+    entries = [p for p in (tmp_path / "cache").iterdir() if (p / "meta.json").exists()]
+    assert [(c.compact, c.map_layers, c.view_bits) for c in map(AttentionCache, entries)] == [
+        (True, (), 8)
+    ]
+    with open(data) as fh:
+        texts = [r["text"] for r in csv.DictReader(fh)]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    trials = [r for r in runs if r.data.tags.get("harness.role") == "trial"]
+    assert len(trials) == 4
+    kinds = set()
+    for run in trials:
+        local = client.download_artifacts(run.info.run_id, "predictions/test.csv", str(tmp_path))
+        with open(local) as fh:
+            logged = list(csv.DictReader(fh))
+        model = load_run(run.info.run_id, tracking_uri=uri)
+        kinds.add(run.data.params["classifier"])
+        probs = model.predict_proba([texts[int(r["row_id"])] for r in logged])
+        want = np.array([float(r["probability"]) for r in logged])
+        np.testing.assert_allclose(probs, want, atol=1e-6, rtol=0)
+    assert kinds == {"linear", "gru"}

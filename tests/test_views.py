@@ -12,13 +12,15 @@ import pytest
 from harness.attention import cache as view_cache
 from harness.attention.cache import AttentionCache, ViewCache, open_view
 from harness.attention.extract import extract_attention, iter_attention
+from harness.attention.stream import mean_over_tokens
 from harness.attention.views import (
     STATS,
     VIEWS,
+    decode_view,
     feature_names,
-    sentence_features_from_attention,
     token_features_from_attention,
     token_stats,
+    view_block,
     view_size,
 )
 from harness.core.errors import HarnessError
@@ -107,6 +109,30 @@ def test_fp16_maps_give_the_fp32_features_to_fp16_precision():
     np.testing.assert_allclose(
         token_stats(block.astype(np.float16)), token_stats(block), atol=2e-3, rtol=1e-3
     )
+
+
+def test_the_8bit_form_codes_probabilities_by_square_root_and_the_entropy_linearly():
+    """``bits=8`` (``cache: {keep: views, bits: 8}``): one byte per value, worked out by
+    hand for the hand-written maps; read back, every value is within half a code step."""
+    codes = view_block(hand_block(), 3, bits=8, max_len=MAX_LEN)
+    assert codes.dtype == np.uint8 and codes.shape == (2, 4, 2, 11)
+    exact = np.array(HEAD0_EXPECTED)
+    want = np.round(255 * np.sqrt(exact))
+    want[:, STATS.index("entropy")] = np.round(255 * exact[:, 5] / log(MAX_LEN))
+    np.testing.assert_array_equal(codes[0, :, 0], want)
+    assert codes[0, 0, 0].tolist()[:3] == [180, 90, 180]  # 255 √0.5, 255 √0.125
+    back = decode_view(codes, MAX_LEN)
+    assert back.dtype == np.float32
+    probs = [i for i in range(11) if i != STATS.index("entropy")]
+    off = np.abs(np.sqrt(back[0, :, 0]) - np.sqrt(exact))[:, probs]
+    assert 0 < off.max() <= 0.5 / 255 + 1e-7
+    entropy = np.abs(back[0, :, 0, 5] - exact[:, 5])
+    assert np.all(entropy <= log(MAX_LEN) / 255 / 2 + 1e-6)
+    assert back[0, 0, 0, 7] == 0 and back[0, 3, 0, 4] == 0  # outside the sentence: 0 exactly
+    fp16 = view_block(hand_block(), 3)
+    assert decode_view(fp16) is fp16  # fp16 values are read as they are
+    with pytest.raises(HarnessError, match="bits must be one of"):
+        view_block(hand_block(), 3, bits=4, max_len=MAX_LEN)
 
 
 def test_bad_window_is_refused():
@@ -218,7 +244,7 @@ def test_new_sentences_get_exactly_the_cached_features(encoder, mixed):
         np.testing.assert_array_equal(x, cached)
         np.testing.assert_array_equal(lengths, cached_lengths)
     batches = iter_attention(encoder, texts, MAX_LEN, batch_size=3)  # other batches, other runs
-    pooled = sentence_features_from_attention(batches, 4, maps, "relative")
+    pooled = mean_over_tokens(*token_features_from_attention(batches, 4, MAX_LEN, maps))
     # a mean over tokens: equal up to float32 summation order across run shapes
     np.testing.assert_allclose(pooled, mixed.sentence_features(maps), rtol=1e-6, atol=1e-7)
 

@@ -8,12 +8,14 @@ Layout of one cache entry (a directory named by its key, written by ``harness.at
     layer_00.bin     fp16 maps of layer 0: for each sentence in extraction order, [H, n, n]
     layer_01.bin     ...
     views/relative-w3/meta.json     w, shapes, crc32 and size per file
-    views/relative-w3/layer_00.bin  fp16 [tokens, H, F], storage order
+    views/relative-w3/layer_00.bin  fp16 [tokens, H, F], storage order (a compact
+                                    entry of ``bits: 8``: one-byte codes)
     views/relative-w3/pooled.bin    float32 [N, L, H, F], original order
 
 A compact entry (``cache: {keep: views}``) holds only the maps of ``map_layers`` and the
 view it was extracted with: ``relative-w1`` (which is ``stats``) when its study searches
-no ``relative`` view.
+no ``relative`` view, and with ``cache: {keep: views, bits: 8}`` one byte per value
+instead of fp16 (``views.view_block``).
 
 Sentences lie sorted by token length, so equal lengths are next to each other on disk and
 a whole run of them is reduced in one call. No padding is stored.
@@ -47,6 +49,7 @@ from harness.attention.views import (
     Map,
     check_request,
     combine,
+    decode_view,
     feature_width,
     length_runs,
     pool,
@@ -114,6 +117,12 @@ class AttentionCache:
     def compact(self) -> bool:
         """Whether the entry keeps views rather than every map (its view is part of it)."""
         return self.meta.get("keep", "maps") == "views"
+
+    @property
+    def view_bits(self) -> int:
+        """Bits per value of the stored view: 16 (fp16), or 8 in a compact entry of
+        ``cache: {keep: views, bits: 8}``."""
+        return self.meta.get("view_bits", 16)
 
     @property
     def views(self) -> tuple[str, ...]:
@@ -282,6 +291,8 @@ class ViewCache:
         if self.meta["attention_key"] != cache.key or self.meta["sentences"] != len(cache):
             raise CacheCorrupt(f"{self.path} belongs to another attention cache entry")
         self.w: int = self.meta["w"]
+        #: 16: fp16 token rows; 8: one-byte codes, read through ``decode_view``
+        self.bits: int = self.meta.get("bits", 16)
         self.num_layers, self.num_heads = cache.num_layers, cache.num_heads
         self.num_features = view_size("relative", self.w)
         shape = (len(cache), self.num_layers, self.num_heads, self.num_features)
@@ -311,7 +322,7 @@ class ViewCache:
                 raise CacheCorrupt(f"{file} fails its checksum")
 
     def _layer_file(self, layer: int) -> Path:
-        """Layer ``layer``'s token rows, ``[tokens, H, F]`` fp16 in storage order."""
+        """Layer ``layer``'s token rows, ``[tokens, H, F]`` in storage order."""
         return self.path / f"layer_{layer:02d}.bin"
 
     def _request(self, maps: Sequence[Map], view: str) -> tuple[list[Map], int]:
@@ -356,10 +367,14 @@ class ViewCache:
         starts = self.token_offsets[self.cache.position[sentences]]
         row = self.num_heads * self.num_features
         spans = [(int(t) * row, int(n) * row) for t, n in zip(starts, lens, strict=True)]
+        dtype, max_len = np.uint8 if self.bits == 8 else np.float16, self.cache.max_len
         with num_threads(train_threads()):
             per_layer = {
-                layer: read_spans(self._layer_file(layer), spans).reshape(
-                    -1, self.num_heads, self.num_features
+                layer: decode_view(
+                    read_spans(self._layer_file(layer), spans, dtype).reshape(
+                        -1, self.num_heads, self.num_features
+                    ),
+                    max_len,
                 )
                 for layer in {layer for layer, _ in pairs}
             }
@@ -439,19 +454,32 @@ def open_view(cache: AttentionCache, w: int = RELATIVE_W, progress: bool = True)
         return _open_verified(cache, final)
 
 
-def view_bytes(num_sentences: int, tokens: int, num_layers: int, num_heads: int, w: int) -> int:
-    """Bytes of a stored ``relative`` view: fp16 token rows of every map, float32 means."""
+def view_bytes(
+    num_sentences: int, tokens: int, num_layers: int, num_heads: int, w: int, bits: int = 16
+) -> int:
+    """Bytes of a stored ``relative`` view: token rows of every map (fp16, or one byte
+    each with ``bits=8``), float32 means."""
     per_map = view_size("relative", w)
-    return num_layers * num_heads * per_map * (2 * tokens + 4 * num_sentences)
+    return num_layers * num_heads * per_map * (bits // 8 * tokens + 4 * num_sentences)
 
 
 class ViewWriter:
     """Writes a ``relative`` view into a new folder: each layer's token rows in storage
     order, as they come, and each sentence's pooled means. Used when a view is computed
-    from a full entry's maps and when a compact entry is extracted."""
+    from a full entry's maps and when a compact entry is extracted (whose ``bits`` may be
+    8: ``views.view_block``; ``max_len`` is the entry's, the range of its coded entropy)."""
 
-    def __init__(self, folder: Path, num_sentences: int, num_layers: int, num_heads: int, w: int):
-        self.folder, self.w = folder, w
+    def __init__(
+        self,
+        folder: Path,
+        num_sentences: int,
+        num_layers: int,
+        num_heads: int,
+        w: int,
+        bits: int = 16,
+        max_len: int = 0,
+    ):
+        self.folder, self.w, self.bits, self.max_len = folder, w, bits, max_len
         folder.mkdir(parents=True)
         shape = (num_sentences, num_layers, num_heads, view_size("relative", w))
         self.pooled = np.zeros(shape, np.float32)
@@ -459,12 +487,13 @@ class ViewWriter:
         self.crcs, self.sizes = [0] * num_layers, [0] * num_layers
 
     def add(self, layer: int, sentences: np.ndarray, values: np.ndarray) -> None:
-        """``values``: ``view_block`` of ``sentences`` (fp16 ``[k, n, H, F]``), the next
-        ones of ``layer`` in storage order."""
+        """``values``: ``view_block`` of ``sentences`` (``[k, n, H, F]`` of this writer's
+        ``bits``), the next ones of ``layer`` in storage order. The means are those of
+        the values as read back, so a probe sees what a reader of the token rows sees."""
         self.files[layer].write(values)
         self.crcs[layer] = zlib.crc32(values, self.crcs[layer])
         self.sizes[layer] += values.nbytes
-        self.pooled[sentences, layer] = pool(values)
+        self.pooled[sentences, layer] = pool(decode_view(values, self.max_len))
 
     def close(self) -> None:
         for fh in self.files:
@@ -484,6 +513,7 @@ class ViewWriter:
             "format": VIEW_FORMAT,
             "view": "relative",
             "w": self.w,
+            "bits": self.bits,
             "attention_key": attention_key,
             "sentences": n,
             "num_layers": num_layers,

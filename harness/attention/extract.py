@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from harness.attention.cache import RELATIVE_W, AttentionCache, CacheCorrupt, ViewWriter
 from harness.attention.embeddings import EMBEDDINGS_FILE, mean_pool, write_embeddings
-from harness.attention.views import length_runs, relative_offsets, view_block
+from harness.attention.views import VIEW_BITS, length_runs, relative_offsets, view_block
 from harness.core import (
     HarnessError,
     check_writable_dir,
@@ -52,12 +52,15 @@ def cache_key(
     max_len: int,
     keep_maps: Sequence[int] | None = None,
     view_w: int = RELATIVE_W,
+    view_bits: int = 16,
 ) -> str:
     """Everything that changes the maps: encoder weights and tokenizer, max_len, the texts;
-    and, for a compact entry, which maps it keeps and the window of its stored view."""
+    and, for a compact entry, which maps it keeps, the window of its stored view and its
+    bits per value (8 only adds to the key, so fp16 entries keep theirs)."""
     parts = [f"v{CACHE_FORMAT}", encoder.fingerprint, str(max_len), texts_sha256(texts)]
     if keep_maps is not None:
-        parts.append(f"views-w{view_w}+maps:{','.join(map(str, sorted(keep_maps)))}")
+        coding = "" if view_bits == 16 else f"-{view_bits}bit"
+        parts.append(f"views-w{view_w}{coding}+maps:{','.join(map(str, sorted(keep_maps)))}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
@@ -132,6 +135,7 @@ def extract_attention(
     progress: bool = True,
     keep_maps: Sequence[int] | None = None,
     view_w: int = RELATIVE_W,
+    view_bits: int = 16,
 ) -> AttentionCache:
     """Return the cache entry for these texts, extracting it only if no valid one exists.
 
@@ -139,6 +143,7 @@ def extract_attention(
     ``relative`` view (window ``view_w``) of every map, computed from each batch as it is
     extracted, and the full maps of those layers only (``()``: none). ``view_w=1`` stores
     ``stats`` alone (``compact_view_w``: for a study that searches no ``relative`` view).
+    ``view_bits=8`` stores the compact view in one byte per value instead of fp16.
 
     Safe to call from several processes at once: one extracts, the others wait (saying who
     they wait for) and reuse. A corrupt entry is reported, removed and rebuilt, never read
@@ -158,7 +163,12 @@ def extract_attention(
         if bad:
             raise HarnessError(f"keep_maps: layers {bad} out of range for {encoder.num_layers}")
         relative_offsets(view_w)  # validates the window before anything is created
-    key = cache_key(encoder, texts, max_len, keep_maps, view_w)
+    if view_bits not in VIEW_BITS or (view_bits != 16 and keep_maps is None):
+        raise HarnessError(
+            f"view_bits: {view_bits!r} is not a stored view's precision; a compact entry "
+            f"(keep_maps given) keeps one of {VIEW_BITS} bits per value, a full one fp16"
+        )
+    key = cache_key(encoder, texts, max_len, keep_maps, view_w, view_bits)
     final = root / key
     with waiting_lock(root / f"{key}.lock", "the attention cache entry", setting):
         if (final / "meta.json").exists():
@@ -177,7 +187,9 @@ def extract_attention(
         elif final.exists():
             log.warning("attention cache %s is incomplete; rebuilding it", final)
             shutil.rmtree(final)
-        _write_entry(encoder, texts, max_len, batch_size, final, progress, keep_maps, view_w)
+        _write_entry(
+            encoder, texts, max_len, batch_size, final, progress, keep_maps, view_w, view_bits
+        )
         # The crc32s were computed over the very bytes just written: reading the whole
         # entry back to check them again would only re-read the page cache.
         _VERIFIED.add(_stamp(final))
@@ -193,6 +205,7 @@ def _write_entry(
     progress: bool,
     keep_maps: tuple[int, ...] | None,
     view_w: int,
+    view_bits: int,
 ) -> None:
     # only the lock holder writes, so any other half-written entry is a killed writer's
     for stale in final.parent.glob(f"{final.name}.tmp-*"):
@@ -202,7 +215,8 @@ def _write_entry(
     form = ""
     if keep_maps is not None:
         view = "stats" if view_w == 1 else f"relative w={view_w}"
-        form = f" (compact: the {view} view, the maps of layers {list(keep_maps)})"
+        coding = "fp16" if view_bits == 16 else f"{view_bits}-bit"
+        form = f" (compact: the {coding} {view} view, the maps of layers {list(keep_maps)})"
     log.info(
         "extracting attention of %d sentences with %s into %s%s",
         len(texts),
@@ -220,7 +234,7 @@ def _write_entry(
         views = None
         if keep_maps is not None:
             folder = tmp / "views" / f"relative-w{view_w}"
-            views = ViewWriter(folder, len(texts), n_layers, n_heads, view_w)
+            views = ViewWriter(folder, len(texts), n_layers, n_heads, view_w, view_bits, max_len)
         order: list[int] = []
         try:
             batches = iter_attention(encoder, texts, max_len, batch_size, progress, pooled)
@@ -233,7 +247,8 @@ def _write_entry(
                     if views is not None:  # read in place: no copy of the padded maps
                         for layer in range(n_layers):
                             block = maps[layer, a:b, :, :n, :n]
-                            views.add(layer, idx[a:b], view_block(block, view_w))
+                            values = view_block(block, view_w, view_bits, max_len)
+                            views.add(layer, idx[a:b], values)
                     for layer in kept:
                         block = np.ascontiguousarray(maps[layer, a:b, :, :n, :n])
                         files[layer].write(block)
@@ -266,6 +281,7 @@ def _write_entry(
                 keep="views",
                 map_layers=list(kept),
                 view_w=view_w,
+                view_bits=view_bits,
                 view_bytes=sum(f["bytes"] for f in view_files.values()),
             )
         write_embeddings(tmp / EMBEDDINGS_FILE, encoder, max_len, pooled)

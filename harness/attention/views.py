@@ -35,6 +35,13 @@ _STATS_OFFSETS = {"self": 0, "prev": -1, "next": 1}
 #: the stats before the entropy (cls, sep, self, prev, next) copy one entry of a row
 _FIRST_COPIED = STATS.index("entropy")
 
+#: how a stored view keeps its values: fp16, or one byte each (``cache: {keep: views,
+#: bits: 8}``: 36 instead of 70 KB per MiniLM sentence, BENCHMARKS.md "An 8-bit
+#: relative view"). Probabilities are coded as round(255 sqrt p), which keeps small ones
+#: apart, and the entropy linearly over [0, ln max_len], its whole range.
+VIEW_BITS = (16, 8)
+_ENTROPY = STATS.index("entropy")
+
 Map = tuple[int, int]
 #: what ``extract.iter_attention`` yields: (indices, lengths, fp16 [L, B, H, T, T])
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -117,10 +124,34 @@ def _copied_columns(n: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     return columns.clamp(0, n - 1), inside
 
 
-def view_block(block: np.ndarray, w: int) -> np.ndarray:
-    """The stored form of ``token_stats``: fp16 ``[k, n, M, F]``. Cache and new sentences
-    both round through fp16 here, so both see the same values."""
-    return _token_stats(block, w).half().numpy()
+def view_block(block: np.ndarray, w: int, bits: int = 16, max_len: int = 0) -> np.ndarray:
+    """The stored form of ``token_stats``: fp16 ``[k, n, M, F]``, or with ``bits=8`` its
+    one-byte codes (``decode_view`` reads them back; the entropy's range is ``ln
+    max_len``). Cache and new sentences both go through this and ``decode_view``, so
+    both see the same values."""
+    values = _token_stats(block, w)
+    if bits == 16:
+        return values.half().numpy()
+    if bits != 8:
+        raise HarnessError(f"views: bits must be one of {VIEW_BITS}, got {bits!r}")
+    entropy = values[..., _ENTROPY] / float(np.log(max_len))
+    values.clamp_(0, 1).sqrt_()
+    values[..., _ENTROPY] = entropy
+    return values.mul_(255).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def decode_view(stored: np.ndarray, max_len: int = 0) -> np.ndarray:
+    """View values as ``view_block`` stored them, as numbers: fp16 as is, one-byte codes
+    as float32 through a 256-entry table (``[..., F]``, the features in storage order)."""
+    if stored.dtype != np.uint8:
+        return stored
+    out = _SQUARES[stored]
+    out[..., _ENTROPY] = stored[..., _ENTROPY] * np.float32(np.log(max_len) / 255)
+    return out
+
+
+#: the probability each one-byte code stands for: (code / 255)²
+_SQUARES = (np.arange(256, dtype=np.float32) / 255) ** 2
 
 
 def pool(values: np.ndarray) -> np.ndarray:
@@ -196,11 +227,12 @@ def feature_width(maps: Sequence[Map], size: int, reducer: str) -> int:
 
 
 def _batch_views(
-    batches: Iterable[Batch], layers: Iterable[int], w: int
+    batches: Iterable[Batch], layers: Iterable[int], w: int, bits: int, max_len: int
 ) -> Iterator[tuple[np.ndarray, int, dict[int, np.ndarray]]]:
-    """For each run of equal lengths in each batch: (sentence indices, n, {layer: fp16
-    [k, n, H, F]}). All heads of a layer go through ``view_block`` together, as in the
-    cache, so each map's arithmetic is the same op on the same shape."""
+    """For each run of equal lengths in each batch: (sentence indices, n, {layer: view
+    values [k, n, H, F]}), stored and read back as a cache of ``bits`` does. All heads
+    of a layer go through ``view_block`` together, as in the cache, so each map's
+    arithmetic is the same op on the same shape."""
     layers = sorted(set(layers))
     for idx, lens, att in batches:
         order = np.argsort(-lens, kind="stable")  # iter_attention's batches are sorted
@@ -209,7 +241,12 @@ def _batch_views(
             yield (
                 idx[rows],
                 n,
-                {layer: view_block(att[layer, rows, :, :n, :n], w) for layer in layers},
+                {
+                    layer: decode_view(
+                        view_block(att[layer, rows, :, :n, :n], w, bits, max_len), max_len
+                    )
+                    for layer in layers
+                },
             )
 
 
@@ -221,31 +258,20 @@ def token_features_from_attention(
     view: str = "relative",
     reducer: str = "stack",
     w: int = 3,
+    bits: int = 16,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``ViewCache.token_features`` for new sentences, straight from ``iter_attention``'s
-    batches (``count`` sentences in all): ``([count, max_len, D] float32, lengths)``."""
+    batches (``count`` sentences in all): ``([count, max_len, D] float32, lengths)``, the
+    values coded as in a cache whose view has ``bits``."""
     num_layers, num_heads, batches = _peek(batches)
     pairs, size = check_request(maps, view, num_layers, num_heads, w)
     x = np.zeros((count, max_len, feature_width(pairs, size, reducer)), np.float32)
     lengths = np.zeros(count, np.int64)
-    for idx, n, per_layer in _batch_views(batches, [p[0] for p in pairs], w):
+    for idx, n, per_layer in _batch_views(batches, [p[0] for p in pairs], w, bits, max_len):
         flat = {layer: v.reshape(len(idx) * n, *v.shape[2:]) for layer, v in per_layer.items()}
         x[idx, :n] = combine(flat, pairs, size, reducer).reshape(len(idx), n, -1)
         lengths[idx] = n
     return x, lengths
-
-
-def sentence_features_from_attention(
-    batches: Iterable[Batch], count: int, maps: Sequence[Map], view: str = "relative", w: int = 3
-) -> np.ndarray:
-    """``ViewCache.sentence_features`` for new sentences: ``[count, len(maps) * F]``."""
-    num_layers, num_heads, batches = _peek(batches)
-    pairs, size = check_request(maps, view, num_layers, num_heads, w)
-    x = np.zeros((count, size * len(pairs)), np.float32)
-    for idx, _, per_layer in _batch_views(batches, [p[0] for p in pairs], w):
-        pooled = {layer: pool(v) for layer, v in per_layer.items()}
-        x[idx] = combine(pooled, pairs, size, "stack")
-    return x
 
 
 def _peek(batches: Iterable[Batch]) -> tuple[int, int, Iterator[Batch]]:

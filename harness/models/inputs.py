@@ -68,6 +68,9 @@ class AttentionInputs:
     #: a fine-tuned encoder: the MLflow run that logged it; ``load_run`` downloads it from
     #: there into the local encoder cache (``harness.study.intermediary``), found by fingerprint
     encoder_run: str | None = None
+    #: bits per value of the cache's stored view (8: ``cache: {keep: views, bits: 8}``);
+    #: new sentences' position-free features are coded the same way
+    view_bits: int = 16
     _encoders: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -88,6 +91,7 @@ class AttentionInputs:
             "max_len": self.max_len,
             "num_heads": self.num_heads,
             "pooled": self.pooled,
+            "view_bits": self.view_bits,
         }
 
     def build(
@@ -117,8 +121,9 @@ class AttentionInputs:
 
             maps = spec.maps(self.num_heads)
             return token_features_from_attention(
-                batches, len(texts), self.max_len, maps, spec.view, spec.reducer
-            )
+                batches, len(texts), self.max_len, maps, spec.view, spec.reducer,
+                bits=self.view_bits,
+            )  # fmt: skip
         from harness.attention import reduce_maps
 
         x = np.zeros((len(texts), self.max_len, self.input_size), np.float32)
@@ -189,6 +194,7 @@ def inputs_from_dict(d: dict) -> InputSpec:
             d["encoder"].get("init", "pretrained"),
             d["encoder"].get("seed", 0),
             d["encoder"].get("run_id"),
+            d.get("view_bits", 16),
         )
     if d.get("type") == "embedding":
         return EmbeddingInputs.from_dict(d)

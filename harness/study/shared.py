@@ -83,6 +83,7 @@ def shared_attention(
     progress: bool,
     keep_maps: Sequence[int] | None,
     view_w: int,
+    view_bits: int,
     tracking_uri: str,
     storage_url: str,
 ) -> AttentionCache:
@@ -99,6 +100,7 @@ def shared_attention(
             progress=progress,
             keep_maps=keep_maps,
             view_w=view_w,
+            view_bits=view_bits,
         )
 
     def params(cache: AttentionCache) -> dict[str, object]:
@@ -110,10 +112,11 @@ def shared_attention(
             "form": "views" if cache.compact else "maps",
             "map_layers": ",".join(map(str, cache.map_layers)),
             "views": ",".join(cache.views),
+            "view_bits": cache.view_bits,
             "texts_sha256": cache.meta["texts_sha256"],
         }
 
-    key = cache_key(encoder, texts, max_len, keep_maps, view_w)
+    key = cache_key(encoder, texts, max_len, keep_maps, view_w, view_bits)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     folder = SharedFolder(
         "attention", key, root / key, "meta.json", f"attention cache entry {key}", "extracted"

@@ -141,6 +141,7 @@ def prepare(
         progress=progress,
         keep_maps=config.search.rows_layers() if config.cache.keep == "views" else None,
         view_w=compact_view_w(config.search.view, needs_ranking(config)),
+        view_bits=config.cache.bits,
         tracking_uri=tracking,
         storage_url=storage_url,
     )

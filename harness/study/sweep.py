@@ -87,6 +87,7 @@ def sweep_heads(
                     cache.max_len,
                     cache.num_heads,
                     pooled=True,
+                    view_bits=cache.view_bits,
                 ),
             )
             inputs = (pooled[:, None, :], ones)

@@ -204,6 +204,7 @@ def model_for(ctx: StudyContext, spec: TrialSpec) -> Model:
         init=ctx.encoder_init,
         seed=ctx.encoder_seed,
         encoder_run=ctx.encoder_run_id,
+        view_bits=ctx.cache.view_bits,
     )
     size = len(ctx.dataset) * inputs.input_size * 4
     if inputs.pooled and size > MAX_POOLED_BYTES:

@@ -73,9 +73,21 @@ class CacheConfig(Strict):
     fits): every full map, from which any view is built. ``views``: the position-free
     ``relative`` view of every map, computed during extraction, plus the full maps of only
     the layers a ``rows`` view of the search can read: about a quarter of the bytes for
-    MiniLM (docs/scale.md), for corpora whose full maps would not fit on the disk."""
+    MiniLM (docs/scale.md), for corpora whose full maps would not fit on the disk.
+    ``bits: 8`` stores that view in one byte per value instead of fp16: half its bytes
+    again, at a validation cost measured in BENCHMARKS.md ("An 8-bit relative view")."""
 
     keep: Literal["maps", "views"] = "maps"
+    bits: Literal[16, 8] = 16
+
+    @model_validator(mode="after")
+    def _bits_of_views(self) -> CacheConfig:
+        if self.bits != 16 and self.keep != "views":
+            raise ValueError(
+                f"bits: {self.bits} codes the compact cache's view; full maps are kept in fp16 "
+                "(use keep: views with bits: 8, or drop bits)"
+            )
+        return self
 
 
 class EvaluationConfig(Strict):
