@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from bench.common import MAX_LEN, Context, Row, interleaved, log, ratio, rng_subset
-from harness.attention.cache import RELATIVE_W, ViewCache
+from harness.attention.cache import RELATIVE_W, ViewCache, view_bytes
 from harness.attention.extract import extract_attention
 from harness.core.runtime import extraction_threads, num_threads
 from harness.encoders.load import Encoder, length_sorted_batches, tokenize
@@ -51,13 +51,15 @@ def row_extraction(ctx: Context) -> list[Row]:
     forward_only(encoder, texts[:64])  # load the model and warm up its kernels
     runs = itertools.count()
 
-    def ours(keep_maps: tuple[int, ...] | None = None, view_w: int = RELATIVE_W) -> None:
+    def ours(
+        keep_maps: tuple[int, ...] | None = None, view_w: int = RELATIVE_W, view_bits: int = 16
+    ) -> None:
         # the whole pipeline into a fresh entry: tokenize, forward, fp16, write, crc32
         # (the compact form: the relative view of every map, or stats alone with
-        # view_w=1, instead of the maps)
+        # view_w=1, in fp16 or in one byte a value, instead of the maps)
         extract_attention(
             encoder, texts, max_len=MAX_LEN, cache_dir=ctx.tmp(f"extract-{next(runs)}"),
-            progress=False, keep_maps=keep_maps, view_w=view_w,
+            progress=False, keep_maps=keep_maps, view_w=view_w, view_bits=view_bits,
         )  # fmt: skip
 
     repeats = 3  # fewer let one burst of load decide the forward-only ratio (0.82 with 2)
@@ -67,6 +69,7 @@ def row_extraction(ctx: Context) -> list[Row]:
             "harness": ours,
             "compact": lambda: ours(keep_maps=()),
             "compact_stats": lambda: ours(keep_maps=(), view_w=1),
+            "compact_8bit": lambda: ours(keep_maps=(), view_bits=8),
             "forward_only": lambda: forward_only(encoder, texts),
             "seed_way": lambda: seed_way(encoder, seed_texts),
         },
@@ -76,6 +79,7 @@ def row_extraction(ctx: Context) -> list[Row]:
         "harness": SUBSET / min(times["harness"]),
         "compact": SUBSET / min(times["compact"]),
         "compact_stats": SUBSET / min(times["compact_stats"]),
+        "compact_8bit": SUBSET / min(times["compact_8bit"]),
         "forward_only": SUBSET / min(times["forward_only"]),
         "seed_way": SEED_WAY_SUBSET / min(times["seed_way"]),
     }
@@ -83,6 +87,7 @@ def row_extraction(ctx: Context) -> list[Row]:
     vs_forward = ratio(rate["harness"], rate["forward_only"])
     compact_vs_forward = ratio(rate["compact"], rate["forward_only"])
     stats_vs_forward = ratio(rate["compact_stats"], rate["forward_only"])
+    bits8_vs_forward = ratio(rate["compact_8bit"], rate["forward_only"])
     values = {
         "sentences_per_s": rate,
         "seconds": times,
@@ -91,6 +96,7 @@ def row_extraction(ctx: Context) -> list[Row]:
         "vs_forward": vs_forward,
         "compact_vs_forward": compact_vs_forward,
         "compact_stats_vs_forward": stats_vs_forward,
+        "compact_8bit_vs_forward": bits8_vs_forward,
     }
     return [
         Row(
@@ -121,6 +127,13 @@ def row_extraction(ctx: Context) -> list[Row]:
             f"{stats_vs_forward:.2f}× ({rate['compact_stats']:.0f} sent/s)",
             "≥ 0.9×",
             stats_vs_forward >= 0.9,
+        ),
+        Row(
+            "1",
+            "compact extraction, 8-bit view (cache: {keep: views, bits: 8}) vs forward-only",
+            f"{bits8_vs_forward:.2f}× ({rate['compact_8bit']:.0f} sent/s)",
+            "≥ 0.9×",
+            bits8_vs_forward >= 0.9,
         ),
     ]
 
@@ -157,10 +170,15 @@ def row_cache_size(ctx: Context) -> list[Row]:
     # a compact entry stores exactly this view (and, if asked, some layers' maps)
     view_cache = cache.view(progress=False)
     view = view_cache.nbytes
+    # the 8-bit view's bytes follow from the token count (view_bytes, which
+    # tests/test_streaming.py checks against a written 8-bit entry)
+    tokens, layers, heads = int(cache.lengths.sum()), cache.num_layers, cache.num_heads
+    view_8bit = view_bytes(len(cache), tokens, layers, heads, view_cache.w, bits=8)
     per_sentence = {
         "maps": cache.nbytes / len(cache),
         "maps + view": (cache.nbytes + view) / len(cache),
         "compact (views)": view / len(cache),
+        "compact, 8-bit view (bits: 8)": view_8bit / len(cache),
         "compact + maps of 3 layers": (view + cache.nbytes / 2) / len(cache),
     }
     forms = ", ".join(f"{name} {b / 1e3:.0f} KB" for name, b in per_sentence.items())
@@ -196,6 +214,13 @@ def row_cache_size(ctx: Context) -> list[Row]:
             "compact ≤ 50 KB",
             per_sentence["compact (views)"] <= 50e3,
             {"bytes_per_sentence": per_sentence},
+        ),
+        Row(
+            "2",
+            "bytes per sentence of the compact cache with its view in 8 bits (bits: 8)",
+            f"{view_8bit / len(cache) / 1e3:.1f} KB",
+            "≤ 50 KB",
+            view_8bit / len(cache) <= 50e3,
         ),
         Row(
             "2",

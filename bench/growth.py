@@ -115,10 +115,10 @@ def _peak() -> int:
 def extract(corpus: str, cache_dir: str) -> dict:
     """Child: extract the compact entry; seconds (reading the corpus included, loading
     the encoder not) and the bytes of each form. The compact entry of a study that reads
-    no relative view (stats alone) is not extracted again: its bytes follow from the same
-    token counts by ``view_bytes``, which tests/test_streaming.py checks against a
-    written entry."""
-    from harness.attention.cache import view_bytes
+    no relative view (stats alone) and the one whose view is coded in 8 bits (``bits:
+    8``) are not extracted again: their bytes follow from the same token counts by
+    ``view_bytes``, which tests/test_streaming.py checks against written entries."""
+    from harness.attention.cache import RELATIVE_W, view_bytes
     from harness.encoders.load import load_encoder
 
     encoder = load_encoder("minilm")
@@ -130,6 +130,7 @@ def extract(corpus: str, cache_dir: str) -> dict:
     view = cache.meta["view_bytes"]
     tokens = int(cache.lengths.sum())
     stats = view_bytes(n, tokens, cache.num_layers, cache.num_heads, 1)
+    bits8 = view_bytes(n, tokens, cache.num_layers, cache.num_heads, RELATIVE_W, bits=8)
     return {
         "sentences": n,
         "tokens": tokens,
@@ -139,6 +140,7 @@ def extract(corpus: str, cache_dir: str) -> dict:
             "maps + view": (maps + view) / n,
             "compact": cache.nbytes / n,
             "compact, stats only": (cache.nbytes - view + stats) / n,
+            "compact, 8-bit view": (cache.nbytes - view + bits8) / n,
         },
         "peak_rss_bytes": _peak(),
     }
@@ -238,9 +240,9 @@ def linearity(points: list[dict]) -> dict[str, float]:
 def table(points: list[dict]) -> str:
     head = (
         "| N | extraction s (sent/s) | maps KB/sent | maps + view KB/sent | compact KB/sent "
-        "| compact, stats only KB/sent | reader trial s / peak RSS | linear trial s / peak RSS "
-        "| head sweep s |\n"
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| compact, stats only KB/sent | compact, 8-bit view KB/sent "
+        "| reader trial s / peak RSS | linear trial s / peak RSS | head sweep s |\n"
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
     lines = [head]
     for p in points:
@@ -248,7 +250,7 @@ def table(points: list[dict]) -> str:
         lines.append(
             f"| {p['n']:,} | {e['seconds']:.0f} ({p['n'] / e['seconds']:.0f}) "
             f"| {b['maps'] / 1e3:.0f} | {b['maps + view'] / 1e3:.0f} | {b['compact'] / 1e3:.1f} "
-            f"| {b['compact, stats only'] / 1e3:.1f} "
+            f"| {b['compact, stats only'] / 1e3:.1f} | {b['compact, 8-bit view'] / 1e3:.1f} "
             f"| {p['reader']['seconds']:.0f} / {p['reader']['peak_rss_bytes'] / 1e6:.0f} MB "
             f"| {p['linear']['seconds']:.1f} / {p['linear']['peak_rss_bytes'] / 1e6:.0f} MB "
             f"| {p['sweep']['seconds']:.1f} |"
@@ -315,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = max(points[-1][k]["peak_rss_bytes"] for k in ("reader", "linear", "sweep"))
     compact = points[-1]["extraction"]["bytes_per_sentence"]["compact"]
     stats_only = points[-1]["extraction"]["bytes_per_sentence"]["compact, stats only"]
+    bits8 = points[-1]["extraction"]["bytes_per_sentence"]["compact, 8-bit view"]
     summary = {
         "seconds_per_sentence_largest_over_smallest": ratios,
         "linear_within_1.2": all(r <= 1.2 for r in ratios.values()),
@@ -324,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         "compact_within_50KB": compact <= 50e3,
         "compact_stats_only_bytes_per_sentence": stats_only,
         "compact_stats_only_within_50KB": stats_only <= 50e3,
+        "compact_8bit_bytes_per_sentence": bits8,
+        "compact_8bit_within_50KB": bits8 <= 50e3,
     }
     args.out.write_text(json.dumps({"points": points, "summary": summary}, indent=2))
     plot(points, args.plot)

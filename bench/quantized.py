@@ -1,78 +1,34 @@
-"""What an 8-bit relative view would cost in validation AUC (decision input for issue #19).
+"""What the 8-bit compact view (``cache: {keep: views, bits: 8}``) costs in validation AUC.
 
-``python -m bench.quantized`` extracts BABE into the compact cache (``cache: {keep:
-views}``, 69 KB a sentence), writes a copy whose view went through one byte a value and
-back, and trains the same reader, linear probe and head sweep on both, on three split
-seeds. Only validation AUCs are compared (the head sweep also scores the test split for
-its own report; that is not read here). The copy's bytes are those an 8-bit entry would
-store (11 × 72 bytes a token, the pooled means as stored).
+``python -m bench.quantized`` extracts BABE into the compact cache twice, its view in fp16
+(69 KB a sentence) and in one byte a value (36 KB), and trains the same reader, linear
+probe and head sweep on both, on three split seeds. Only validation AUCs are compared
+(the head sweep also scores the test split for its own report; that is not read here).
 
-One byte a value: the attention features (all but the entropy) lie in [0, 1] and are coded
-as ``round(255 √p)``, which keeps small attention weights apart; the entropy lies in
-[0, ln max_len] and is coded linearly. Beside each difference the bench reports the
-difference that only a new training seed makes, so the two can be weighed.
+One byte a value (``harness.attention.views.view_block``): the attention features (all
+but the entropy) lie in [0, 1] and are coded as ``round(255 √p)``, which keeps small
+attention weights apart; the entropy lies in [0, ln max_len] and is coded linearly. Beside
+each difference the bench reports the difference that only a new training seed makes, so
+the two can be weighed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
 
-from bench.common import MAX_LEN, log
+from bench.common import MAX_LEN, interleaved, log
 from harness.attention.cache import RELATIVE_W, AttentionCache
 from harness.attention.extract import extract_attention
-from harness.attention.views import STATS
 
 LAYERS = (3, 4, 5)
 READER = {"kind": "gru", "hidden_size": 64, "bidirectional": True}
 SEEDS = (0, 1, 2)
-
-
-def quantize(values: np.ndarray, max_len: int) -> np.ndarray:
-    """fp16 view rows ``[..., F]`` through one byte a value and back (fp16)."""
-    out = np.empty_like(values)
-    ent = STATS.index("entropy")
-    probs = np.delete(np.arange(values.shape[-1]), ent)
-    p = values[..., probs].astype(np.float32).clip(0, 1)
-    out[..., probs] = (np.round(np.sqrt(p) * 255) / 255) ** 2
-    top = np.log(max_len)
-    e = values[..., ent].astype(np.float32).clip(0, top)
-    out[..., ent] = np.round(e / top * 255) / 255 * top
-    return out
-
-
-def quantized_copy(cache: AttentionCache, root: Path) -> AttentionCache:
-    """A copy of the compact entry ``cache`` whose view rows and pooled means come from
-    the 8-bit values; checksums written again, so it opens like any entry."""
-    dest = root / cache.path.name
-    shutil.copytree(cache.path, dest)
-    view = cache.view()
-    folder = dest / "views" / f"relative-w{view.w}"
-    meta = json.loads((folder / "meta.json").read_text())
-    pooled = np.fromfile(folder / "pooled.bin", np.float32).reshape(view.pooled.shape)
-    starts = view.token_offsets[:-1]
-    counts = np.diff(view.token_offsets)[:, None, None]
-    for layer in range(cache.num_layers):
-        name = f"layer_{layer:02d}.bin"
-        rows = np.fromfile(folder / name, np.float16).reshape(
-            -1, cache.num_heads, view.num_features
-        )
-        rows = quantize(rows, cache.max_len)
-        rows.tofile(folder / name)
-        meta["files"][name]["crc32"] = zlib.crc32(rows)
-        means = np.add.reduceat(rows.astype(np.float32), starts, axis=0) / counts
-        pooled[cache.order, layer] = means
-    pooled.tofile(folder / "pooled.bin")
-    meta["files"]["pooled.bin"]["crc32"] = zlib.crc32(pooled)
-    (folder / "meta.json").write_text(json.dumps(meta))
-    return AttentionCache(dest)
 
 
 def val_aucs(cache: AttentionCache, dataset, split, train_seed: int = 0) -> dict:
@@ -88,6 +44,7 @@ def val_aucs(cache: AttentionCache, dataset, split, train_seed: int = 0) -> dict
         inputs = AttentionInputs(
             FeatureSpec(LAYERS, None, "stack", "relative"), meta["encoder"],
             meta["encoder_fingerprint"], MAX_LEN, cache.num_heads, kind == "linear",
+            view_bits=cache.view_bits,
         )  # fmt: skip
         if kind == "linear":
             model = LinearProbe(ProbeSpec(c=0.1), inputs)
@@ -101,6 +58,18 @@ def val_aucs(cache: AttentionCache, dataset, split, train_seed: int = 0) -> dict
     return out
 
 
+def read_seconds(caches: dict[str, AttentionCache]) -> dict[str, float]:
+    """Seconds to build the reader's whole token-feature array (layers 3–5 stacked, 36
+    maps × 11 features) from each entry: fp16 rows converted, or one-byte codes decoded
+    through their table. Fastest of 3 interleaved repeats."""
+    from harness.studyfile.specs import FeatureSpec
+
+    spec = FeatureSpec(LAYERS, None, "stack", "relative")
+    streams = {name: cache.features(spec)[0] for name, cache in caches.items()}
+    reads = {name: (lambda s=s: np.asarray(s)) for name, s in streams.items()}
+    return {name: min(t) for name, t in interleaved(reads, 3).items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     from harness.data.datasets import load_dataset
     from harness.data.split import make_split
@@ -112,20 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-quantized-"))
     dataset = load_dataset("babe")
-    log("quantized: the compact cache of all BABE, then its 8-bit copy")
-    cache = extract_attention(
-        load_encoder("minilm"), dataset.texts, max_len=MAX_LEN, cache_dir=work / "fp16",
-        progress=False, keep_maps=(), view_w=RELATIVE_W,
-    )  # fmt: skip
-    copy = quantized_copy(cache, Path(tempfile.mkdtemp(dir=work)))
-    view = cache.view()
-    tokens = int(cache.lengths.sum())
-    pooled_bytes = view.pooled.nbytes / len(cache)
-    sizes = {
-        "fp16": view.nbytes / len(cache),
-        "8-bit": tokens * cache.num_layers * cache.num_heads * view.num_features / len(cache)
-        + pooled_bytes,
-    }
+    log("quantized: the compact cache of all BABE, its view in fp16 and in 8 bits")
+    cache, copy = (
+        extract_attention(
+            load_encoder("minilm"),
+            dataset.texts,
+            max_len=MAX_LEN,
+            cache_dir=work / f"b{bits}",
+            progress=False,
+            keep_maps=(),
+            view_w=RELATIVE_W,
+            view_bits=bits,
+        )  # fmt: skip
+        for bits in (16, 8)
+    )
+    sizes = {"fp16": cache.view().nbytes / len(cache), "8-bit": copy.view().nbytes / len(copy)}
+    reads = read_seconds({"fp16": cache, "8-bit": copy})
     rows = []
     for seed in SEEDS:
         split = make_split(dataset, val_fraction=0.15, test_fraction=0.15, seed=seed)
@@ -150,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         f"bytes a sentence: fp16 {sizes['fp16'] / 1e3:.1f} KB, 8-bit {sizes['8-bit'] / 1e3:.1f} KB"
     )
     print(
+        f"reader's token features of all BABE: fp16 {reads['fp16']:.2f} s, "
+        f"8-bit {reads['8-bit']:.2f} s ({reads['8-bit'] / reads['fp16']:.2f}×)"
+    )
+    print(
         "| split seed | reader val AUC fp16 / 8-bit (another training seed) "
         "| linear fp16 / 8-bit | sweep: Spearman, best map fp16 / 8-bit, largest change |"
     )
@@ -161,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['linear'][1]:.4f} | {r['sweep_spearman']:.4f}, {r['sweep_best_map'][0]} / "
             f"{r['sweep_best_map'][1]}, {r['sweep_largest_change']:.4f} |"
         )
-    args.out.write_text(json.dumps({"bytes_per_sentence": sizes, "splits": rows}, indent=1))
+    args.out.write_text(
+        json.dumps({"bytes_per_sentence": sizes, "read_seconds": reads, "splits": rows}, indent=1)
+    )
     return 0
 
 
