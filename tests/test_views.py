@@ -133,6 +133,8 @@ def test_the_8bit_form_codes_probabilities_by_square_root_and_the_entropy_linear
     assert decode_view(fp16) is fp16  # fp16 values are read as they are
     with pytest.raises(HarnessError, match="bits must be one of"):
         view_block(hand_block(), 3, bits=4, max_len=MAX_LEN)
+    with pytest.raises(HarnessError, match="8-bit codes need the entry's max_len"):
+        view_block(hand_block(), 3, bits=8)
 
 
 def test_bad_window_is_refused():

@@ -134,6 +134,8 @@ def view_block(block: np.ndarray, w: int, bits: int = 16, max_len: int = 0) -> n
         return values.half().numpy()
     if bits != 8:
         raise HarnessError(f"views: bits must be one of {VIEW_BITS}, got {bits!r}")
+    if max_len < 2:
+        raise HarnessError(f"views: 8-bit codes need the entry's max_len (>= 2), got {max_len!r}")
     entropy = values[..., _ENTROPY].mul(255 / float(np.log(max_len))).clamp_(0, 255).round_()
     values.clamp_(0, 1).sqrt_().mul_(255).round_()
     values[..., _ENTROPY] = entropy
