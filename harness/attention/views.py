@@ -36,8 +36,8 @@ _STATS_OFFSETS = {"self": 0, "prev": -1, "next": 1}
 _FIRST_COPIED = STATS.index("entropy")
 
 #: how a stored view keeps its values: fp16, or one byte each (``cache: {keep: views,
-#: bits: 8}``: 36 instead of 70 KB per MiniLM sentence, BENCHMARKS.md "An 8-bit
-#: relative view"). Probabilities are coded as round(255 sqrt p), which keeps small ones
+#: bits: 8}``: 36 instead of 70 KB per MiniLM sentence, BENCHMARKS.md "The 8-bit
+#: compact view"). Probabilities are coded as round(255 sqrt p), which keeps small ones
 #: apart, and the entropy linearly over [0, ln max_len], its whole range.
 VIEW_BITS = (16, 8)
 _ENTROPY = STATS.index("entropy")

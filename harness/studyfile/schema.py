@@ -75,7 +75,7 @@ class CacheConfig(Strict):
     the layers a ``rows`` view of the search can read: about a quarter of the bytes for
     MiniLM (docs/scale.md), for corpora whose full maps would not fit on the disk.
     ``bits: 8`` stores that view in one byte per value instead of fp16: half its bytes
-    again, at a validation cost measured in BENCHMARKS.md ("An 8-bit relative view")."""
+    again, at a validation cost measured in BENCHMARKS.md ("The 8-bit compact view")."""
 
     keep: Literal["maps", "views"] = "maps"
     bits: Literal[16, 8] = 16
