@@ -1,0 +1,104 @@
+"""Where compact extraction's time goes beyond the forward pass (issue #19's 0.9x goal).
+
+``python -m bench.extraction_phases`` runs the same sentences through four ways, in
+interleaved repeats, and reports each one's throughput against the forward-only pass:
+
+* ``forward_only``: the eager model, no maps returned (bench row 1's ceiling);
+* ``maps``: ``iter_attention``, i.e. the forward with its maps returned and copied to fp16;
+* ``maps + view``: and the compact view of every map of every length run, as extraction
+  computes it (``view_block``, then the pooled means of the values as read back);
+* ``maps + 8-bit view``: the same with ``bits: 8``.
+
+No file is written, so what is left between ``maps + view`` and bench row 1's compact
+figure is the writing and checksums. The sentences go through in two orders, BABE's and a
+shuffled one: both have the same lengths, so the same batch shapes, but row 1's figure
+has been seen to move with it (see BENCHMARKS.md), and this shows by how much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import MAX_LEN, interleaved, log, rng_subset
+from bench.extraction import SUBSET, forward_only
+from harness.attention.extract import iter_attention
+from harness.attention.views import decode_view, length_runs, pool, view_block
+from harness.core.runtime import extraction_threads, num_threads
+
+REPEATS = 4
+
+
+def maps_and_view(encoder, texts: list[str], bits: int | None) -> None:
+    """``iter_attention``'s batches, and with ``bits`` the view of each map as the
+    compact writer computes it (no file written)."""
+    for _, lens, maps in iter_attention(encoder, texts, MAX_LEN):
+        if bits is None:
+            continue
+        with num_threads(extraction_threads()):
+            for a, b in length_runs(lens):
+                n = int(lens[a])
+                for layer in range(maps.shape[0]):
+                    values = view_block(maps[layer, a:b, :, :n, :n], 3, bits, MAX_LEN)
+                    pool(decode_view(values, MAX_LEN))
+
+
+def phases(encoder, orders: dict[str, list[str]]) -> dict:
+    """Every way on every order in one interleaved cycle, so drift in the machine's
+    speed lands on all of them alike."""
+    ways = {
+        "forward_only": lambda texts: forward_only(encoder, texts),
+        "maps": lambda texts: maps_and_view(encoder, texts, None),
+        "maps + view": lambda texts: maps_and_view(encoder, texts, 16),
+        "maps + 8-bit view": lambda texts: maps_and_view(encoder, texts, 8),
+    }
+    fns = {
+        (order, way): (lambda fn=fn, texts=texts: fn(texts))
+        for order, texts in orders.items()
+        for way, fn in ways.items()
+    }
+    with torch.inference_mode():
+        times = interleaved(fns, REPEATS)
+    results = {}
+    for order in orders:
+        best = {way: min(times[order, way]) for way in ways}
+        results[order] = {
+            "seconds": {way: times[order, way] for way in ways},
+            "vs_forward": {way: best["forward_only"] / t for way, t in best.items()},
+            "view_share_of_forward": (best["maps + view"] - best["maps"]) / best["forward_only"],
+        }
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.data.datasets import load_dataset
+    from harness.encoders.load import load_encoder
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/extraction_phases.json"))
+    args = parser.parse_args(argv)
+    dataset, encoder = load_dataset("babe"), load_encoder("minilm")
+    texts = [dataset.texts[i] for i in rng_subset(len(dataset), SUBSET)]
+    shuffled = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))]
+    forward_only(encoder, texts[:64])  # load the model and warm up its kernels
+    log(f"extraction phases: {SUBSET} sentences in two orders, {REPEATS} interleaved repeats")
+    results = phases(encoder, {"BABE's order": texts, "shuffled": shuffled})
+    print("| order | maps | maps + view | maps + 8-bit view | view / forward |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for order, r in results.items():
+        v = r["vs_forward"]
+        print(
+            f"| {order} | {v['maps']:.3f}× | {v['maps + view']:.3f}× "
+            f"| {v['maps + 8-bit view']:.3f}× | {r['view_share_of_forward']:.1%} |"
+        )
+    args.out.write_text(json.dumps({"sentences": SUBSET, "results": results}, indent=1))
+    log(f"figures in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
