@@ -26,9 +26,9 @@ import torch
 
 from bench.common import MAX_LEN, interleaved, log, rng_subset
 from bench.extraction import SUBSET, forward_only
+from harness.attention.cache import RELATIVE_W
 from harness.attention.extract import iter_attention
 from harness.attention.views import decode_view, length_runs, pool, view_block
-from harness.core.runtime import extraction_threads, num_threads
 
 REPEATS = 4
 
@@ -39,12 +39,12 @@ def maps_and_view(encoder, texts: list[str], bits: int | None) -> None:
     for _, lens, maps in iter_attention(encoder, texts, MAX_LEN):
         if bits is None:
             continue
-        with num_threads(extraction_threads()):
-            for a, b in length_runs(lens):
-                n = int(lens[a])
-                for layer in range(maps.shape[0]):
-                    values = view_block(maps[layer, a:b, :, :n, :n], 3, bits, MAX_LEN)
-                    pool(decode_view(values, MAX_LEN))
+        # as _write_entry does: still under iter_attention's extraction threads
+        for a, b in length_runs(lens):
+            n = int(lens[a])
+            for layer in range(maps.shape[0]):
+                values = view_block(maps[layer, a:b, :, :n, :n], RELATIVE_W, bits, MAX_LEN)
+                pool(decode_view(values, MAX_LEN))
 
 
 def phases(encoder, orders: dict[str, list[str]]) -> dict:
