@@ -4,7 +4,7 @@
 interleaved repeats, and reports each one's throughput against the forward-only pass:
 
 * ``forward_only``: the eager model, no maps returned (bench row 1's ceiling);
-* ``maps``: ``iter_attention``, i.e. the forward with its maps returned and copied to fp16;
+* ``maps``: ``forward_batches``, i.e. the forward with its maps returned (no view);
 * ``maps + view``: and the compact view of every map of every length run, as extraction
   computes it (``view_block``, then the pooled means of the values as read back);
 * ``maps + 8-bit view``: the same with ``bits: 8``;
@@ -30,23 +30,25 @@ import torch
 from bench.common import MAX_LEN, interleaved, log, rng_subset
 from bench.extraction import SUBSET, forward_only
 from harness.attention.cache import RELATIVE_W
-from harness.attention.extract import extract_attention, iter_attention
+from harness.attention.extract import extract_attention, forward_batches
 from harness.attention.views import decode_view, length_runs, pool, view_block
 
 REPEATS = 4
 
 
 def maps_and_view(encoder, texts: list[str], bits: int | None) -> None:
-    """``iter_attention``'s batches, and with ``bits`` the view of each map as the
-    compact writer computes it (no file written)."""
-    for _, lens, maps in iter_attention(encoder, texts, MAX_LEN):
+    """``forward_batches``' batches, and with ``bits`` the view of each map as the
+    compact writer computes it: each run's fp16 block, its view and pooled means (no
+    file written)."""
+    for _, lens, attentions in forward_batches(encoder, texts, MAX_LEN):
         if bits is None:
             continue
-        # as _write_entry does: still under iter_attention's extraction threads
+        # as _write_entry does: still under forward_batches' extraction threads
         for a, b in length_runs(lens):
             n = int(lens[a])
-            for layer in range(maps.shape[0]):
-                values = view_block(maps[layer, a:b, :, :n, :n], RELATIVE_W, bits, MAX_LEN)
+            for att in attentions:
+                block = att[a:b, :, :n, :n].half().contiguous()
+                values = view_block(block, RELATIVE_W, bits, MAX_LEN)
                 pool(decode_view(values, MAX_LEN))
 
 

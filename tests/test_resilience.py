@@ -177,18 +177,18 @@ def test_a_half_written_entry_is_never_read(tmp_path, encoder, texts, caplog, mo
     root = tmp_path / "cache"
 
     # 1. extraction fails half-way: no entry, no temporary folder left
-    real = attention.iter_attention
+    real = attention.forward_batches
 
     def fails_after_one_batch(*args, **kwargs):
         batches = real(*args, **kwargs)
         yield next(batches)
         raise RuntimeError("encoder crashed")
 
-    monkeypatch.setattr(attention, "iter_attention", fails_after_one_batch)
+    monkeypatch.setattr(attention, "forward_batches", fails_after_one_batch)
     with pytest.raises(RuntimeError, match="encoder crashed"):
         _extract(encoder, texts, root)
     assert not [p for p in root.iterdir() if p.is_dir()]
-    monkeypatch.setattr(attention, "iter_attention", real)
+    monkeypatch.setattr(attention, "forward_batches", real)
 
     # 2. what a SIGKILL-ed writer leaves: its temporary folder, complete-looking but holding
     # other sentences' maps, and a final folder without meta.json

@@ -124,7 +124,9 @@ def _copied_columns(n: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     return columns.clamp(0, n - 1), inside
 
 
-def view_block(block: np.ndarray, w: int, bits: int = 16, max_len: int = 0) -> np.ndarray:
+def view_block(
+    block: np.ndarray | torch.Tensor, w: int, bits: int = 16, max_len: int = 0
+) -> np.ndarray:
     """The stored form of ``token_stats``: fp16 ``[k, n, M, F]``, or with ``bits=8`` its
     one-byte codes (``decode_view`` reads them back; the entropy's range is ``ln
     max_len``). Cache and new sentences both go through this and ``decode_view``, so
